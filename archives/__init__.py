@@ -1,0 +1,1 @@
+"""Benchmark archives: raw-layout readers, class nomenclatures, TFRecord schemas, noise injection."""

@@ -1,0 +1,52 @@
+"""Helpers shared by the archive modules: TFRecord feature builders and an atomic writer."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+
+def float_feature(values) -> tf.train.Feature:
+    """A float-list feature from any array-like (flattened, cast to float32)."""
+    arr = np.asarray(values, dtype=np.float32).ravel()
+    return tf.train.Feature(float_list=tf.train.FloatList(value=arr))
+
+
+def bytes_feature(values: bytes | str | Sequence[bytes | str]) -> tf.train.Feature:
+    """A bytes-list feature from one bytes/str value or a sequence of them."""
+    if isinstance(values, (bytes, str)):
+        values = [values]
+    encoded = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values]
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=encoded))
+
+
+def example_keys(path: str | os.PathLike) -> set[str]:
+    """Feature keys of the first record of a TFRecord file (used to tell schema forms apart).
+
+    Raises ValueError naming the file when it holds no record.
+    """
+    for raw in tf.data.TFRecordDataset(str(path)).take(1):
+        return set(tf.train.Example.FromString(raw.numpy()).features.feature.keys())
+    raise ValueError(f"{path}: TFRecord file holds no record")
+
+
+@contextlib.contextmanager
+def atomic_tfrecord_writer(path: str | os.PathLike) -> Iterator[tf.io.TFRecordWriter]:
+    """Write a TFRecord file under a temporary name and rename it into place on success.
+
+    On any exception (including KeyboardInterrupt) the temporary file is removed and
+    whatever already stood at ``path`` is left untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            yield writer
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
