@@ -12,7 +12,8 @@ import tensorflow as tf
 
 def float_feature(values) -> tf.train.Feature:
     """A float-list feature from any array-like (flattened, cast to float32)."""
-    arr = np.asarray(values, dtype=np.float32).ravel()
+    # A Python list converts about 10x faster than iterating over numpy scalars.
+    arr = np.asarray(values, dtype=np.float32).ravel().tolist()
     return tf.train.Feature(float_list=tf.train.FloatList(value=arr))
 
 

@@ -1,0 +1,557 @@
+"""BigEarthNet-S2 (BEN): raw layout reader, 43 -> 19 nomenclature, TFRecord schemas, label noise.
+
+Raw layout: ``<root>/<patch>/<patch>_<band>.tif`` (one single-band GeoTIFF per band of
+BAND_NAMES, at BAND_SIZES) and ``<patch>/<patch>_labels_metadata.json`` whose ``labels`` key
+lists CORINE level-3 names of the 43-class nomenclature. They are converted to the 19-class
+nomenclature (CLASS_NAMES, the published GRID order) with ``bigearthnet-common``'s mapping.
+
+TFRecord schema, one ``tf.train.Example`` per patch, in one of two forms:
+
+* published: ``B01`` .. ``B12`` (incl. ``B8A``) float list, raw reflectance flattened row-major at
+  the band's own size (20x20, 120x120 or 60x60);
+* compact: ``B01_uint16`` .. ``B12_uint16`` bytes, the same pixels as little-endian uint16,
+  row-major, at the band's own size (every BEN band is integral and fits uint16; writing the
+  compact form fails, naming the file, if one does not). About 2x fewer bytes per example.
+
+Both forms share ``BEN-19_labels`` (bytes list of 19-class names, class-id order),
+``BEN-19_multi_hot`` (float list 19, always the clean label), ``noisy_BEN-19_multi_hot``
+(float list 19; equal to the clean one outside ``train_noise_prcnt<N>``) and ``patch_name``
+(bytes). ``parse_records`` tells the forms apart per file.
+
+TensorFlow is imported inside the functions that need it: the GeoTIFF reader processes import
+this module and should start fast.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from bigearthnet_common import constants as ben_constants
+
+NAME = "BEN"
+CLASS_NAMES: list[str] = list(ben_constants.NEW_LABELS_ORIGINAL_ORDER)
+NB_CLASS = len(CLASS_NAMES)
+OLD_CLASS_NAMES: list[str] = list(ben_constants.OLD_LABELS_ORIGINAL_ORDER)
+NOISE_LEVELS = (10, 20, 30, 40, 50, 60)
+SHUFFLE_BUFFER = 10000
+HAS_PIXEL_MAPS = False
+TRAIN_CROP = None
+
+BAND_NAMES = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
+BAND_SIZES = {"B01": 20, "B02": 120, "B03": 120, "B04": 120, "B05": 60, "B06": 60, "B07": 60,
+              "B08": 120, "B8A": 60, "B09": 20, "B11": 60, "B12": 60}
+BAND_STATS = {  # per-band mean / std of raw reflectance (SPEC section 1)
+    "mean": {"B01": 340.76769064, "B02": 429.9430203, "B03": 614.21682446,
+             "B04": 590.23569706, "B05": 950.68368468, "B06": 1792.46290469,
+             "B07": 2075.46795189, "B08": 2218.94553375, "B8A": 2266.46036911,
+             "B09": 2246.0605464, "B11": 1594.42694882, "B12": 1009.32729131},
+    "std": {"B01": 554.81258967, "B02": 572.41639287, "B03": 582.87945694,
+            "B04": 675.88746967, "B05": 729.89827633, "B06": 1096.01480586,
+            "B07": 1273.45393088, "B08": 1365.45589904, "B8A": 1356.13789355,
+            "B09": 1302.3292881, "B11": 1079.19066363, "B12": 818.86747235},
+}
+HIGH_RES_BANDS = ("B04", "B03", "B02", "B08")
+LOW_RES_BANDS = ("B05", "B06", "B07", "B8A", "B11", "B12")
+MODEL_BANDS = HIGH_RES_BANDS + LOW_RES_BANDS
+IMAGE_SHAPE = (120, 120, len(MODEL_BANDS))
+MODEL_INPUT_SHAPE = IMAGE_SHAPE
+MODEL_MEAN = np.array([BAND_STATS["mean"][b] for b in MODEL_BANDS], np.float32)
+MODEL_STD = np.array([BAND_STATS["std"][b] for b in MODEL_BANDS], np.float32)
+
+LABELS_KEY = "BEN-19_labels"
+LABEL_KEY = "BEN-19_multi_hot"
+NOISY_LABEL_KEY = "noisy_BEN-19_multi_hot"
+NAME_KEY = "patch_name"
+COMPACT_SUFFIX = "_uint16"
+SCHEMAS = ("compact", "published")
+
+
+class InvalidPatch(ValueError):
+    """A raw patch that cannot be used; the message names the file and what is wrong."""
+
+
+# ---------------------------------------------------------------- nomenclature
+
+def labels_43_to_19(names: Sequence[str], source: str = "") -> list[str]:
+    """19-class names (class-id order, no repeats) of a list of 43-class CORINE names.
+
+    Names that the 19-class nomenclature dropped (e.g. "Airports") vanish; an unknown name
+    raises InvalidPatch naming ``source``.
+    """
+    new = set()
+    for name in names:
+        if name not in ben_constants.OLD2NEW_LABELS_DICT:
+            raise InvalidPatch(f"{source}: label {name!r} is not in the 43-class BigEarthNet "
+                               "nomenclature")
+        mapped = ben_constants.OLD2NEW_LABELS_DICT[name]
+        if mapped is not None:
+            new.add(mapped)
+    return [c for c in CLASS_NAMES if c in new]
+
+
+def multi_hot(names19: Iterable[str]) -> np.ndarray:
+    """float32 (19,) multi-hot vector of 19-class names."""
+    out = np.zeros(NB_CLASS, np.float32)
+    for name in names19:
+        out[CLASS_NAMES.index(name)] = 1.0
+    return out
+
+
+# ---------------------------------------------------------------- raw layout
+
+def band_path(root: str | os.PathLike, patch: str, band: str) -> Path:
+    return Path(root) / patch / f"{patch}_{band}.tif"
+
+
+def metadata_path(root: str | os.PathLike, patch: str) -> Path:
+    return Path(root) / patch / f"{patch}_labels_metadata.json"
+
+
+def read_labels(root: str | os.PathLike, patch: str) -> list[str]:
+    """The 43-class names of a patch's metadata JSON (validated against the nomenclature)."""
+    path = metadata_path(root, patch)
+    if not path.is_file():
+        raise InvalidPatch(f"{path}: metadata JSON is missing")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InvalidPatch(f"{path}: metadata JSON cannot be read ({err})") from None
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise InvalidPatch(f"{path}: metadata JSON has no list of names under 'labels'")
+    labels_43_to_19(labels, str(path))
+    return labels
+
+
+def read_band(root: str | os.PathLike, patch: str, band: str) -> np.ndarray:
+    """One band as a 2-D array of its native dtype, checked against BAND_SIZES."""
+    import rasterio
+
+    path = band_path(root, patch, band)
+    if not path.is_file():
+        raise InvalidPatch(f"{path}: band file {band} is missing")
+    try:
+        with rasterio.open(path) as src:
+            if src.count != 1:
+                raise InvalidPatch(f"{path}: band file has {src.count} bands, expected 1")
+            arr = src.read(1)
+    except InvalidPatch:
+        raise
+    except Exception as err:  # rasterio raises several unrelated types for broken files
+        raise InvalidPatch(f"{path}: band file cannot be read ({err})") from None
+    size = BAND_SIZES[band]
+    if arr.shape != (size, size):
+        raise InvalidPatch(f"{path}: band {band} is {arr.shape[0]}x{arr.shape[1]}, "
+                           f"expected {size}x{size}")
+    return arr
+
+
+def to_uint16(arr: np.ndarray, source: str) -> np.ndarray:
+    """``arr`` as uint16, or InvalidPatch naming ``source`` if a value is not an integer in range."""
+    if arr.dtype == np.uint16:
+        return arr
+    if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+        raise InvalidPatch(f"{source}: non-integral values cannot be stored in the compact "
+                           "schema (use --schema published)")
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise InvalidPatch(f"{source}: values {arr.min()}..{arr.max()} do not fit uint16 "
+                           "(use --schema published)")
+    return arr.astype(np.uint16)
+
+
+def read_patch_bands(root: str | os.PathLike, patch: str, schema: str) -> dict:
+    """All bands of a patch, ready for ``encode_example``: uint16 little-endian bytes
+    (compact) or float32 arrays (published)."""
+    import rasterio
+
+    out = {}
+    with rasterio.Env():  # one GDAL environment for the 12 opens instead of one each
+        arrays = {band: read_band(root, patch, band) for band in BAND_NAMES}
+    for band, arr in arrays.items():
+        if schema == "compact":
+            out[band] = to_uint16(arr, str(band_path(root, patch, band))).astype("<u2").tobytes()
+        else:
+            out[band] = arr.astype(np.float32)
+    return out
+
+
+def read_patch_worker(args: tuple) -> tuple[str, dict | None, str | None]:
+    """Process-pool entry: (root, patch, schema) -> (patch, bands or None, error or None)."""
+    root, patch, schema = args
+    try:
+        return patch, read_patch_bands(root, patch, schema), None
+    except InvalidPatch as err:
+        return patch, None, str(err)
+
+
+# ---------------------------------------------------------------- splits
+
+def read_split_csv(path: str | os.PathLike) -> list[str]:
+    """Patch names of a split file (first field of each non-empty line, file order kept)."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            names = [row[0].strip() for row in csv.reader(fh) if row and row[0].strip()]
+    except OSError as err:
+        raise ValueError(f"{path}: split file cannot be read ({err})") from None
+    return names
+
+
+def official_splits(root: str | os.PathLike) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Official S2 train/val/test lists (snow and cloud/shadow patches left out), restricted to
+    patches present under ``root``, sorted by name. Returns (splits, absent count per split)."""
+    from bigearthnet_common import base
+
+    excluded = base.get_s2_patches_with_seasonal_snow() | base.get_s2_patches_with_cloud_and_shadow()
+    listed = {"train": base.get_s2_patches_from_original_train_split(),
+              "val": base.get_s2_patches_from_original_validation_split(),
+              "test": base.get_s2_patches_from_original_test_split()}
+    root = Path(root)
+    present = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    splits, absent = {}, {}
+    for split, names in listed.items():
+        names = names - excluded
+        splits[split] = sorted(names & present)
+        absent[split] = len(names) - len(splits[split])
+    return splits, absent
+
+
+# ---------------------------------------------------------------- label noise
+
+def inject_noise(clean: np.ndarray, percent: int, rng: np.random.Generator) -> np.ndarray:
+    """Noisy copy of clean multi-hot labels (N, C) float32, SPEC section 2 for BEN.
+
+    ``archives.noise.pick_count`` (percent % of the positive (patch, class) pairs, rounded half
+    up) pairs are picked uniformly without replacement; each picked class is set to 0 and one
+    other class, drawn uniformly among the classes not being removed from that patch, is set
+    to 1. Excluding the patch's other removed classes keeps every picked pair changed, so the
+    realised share of changed pairs is exactly pick_count / pairs; a draw may land on a class
+    the patch keeps (a collision: the patch then has one positive fewer).
+    """
+    from archives.noise import positive_pairs, sample_pairs
+
+    clean = np.asarray(clean, np.float32)
+    pairs = positive_pairs(clean)  # patch order, then class id
+    picked = pairs[sample_pairs(len(pairs), percent, rng)]
+    noisy = clean.copy()
+    noisy[picked[:, 0], picked[:, 1]] = 0.0
+    removed: dict[int, set[int]] = {}
+    for i, c in picked:
+        removed.setdefault(int(i), set()).add(int(c))
+    for i, c in picked:
+        candidates = [k for k in range(clean.shape[1]) if k not in removed[int(i)]]
+        if candidates:
+            noisy[i, candidates[int(rng.integers(len(candidates)))]] = 1.0
+    return noisy
+
+
+def noise_counts(clean: np.ndarray, noisy: np.ndarray) -> dict:
+    """Realised noise as ``PrepReport.noise_entry`` arguments. A picked pair is exactly a clean
+    positive turned 0 (see inject_noise), so pairs_picked == pairs_changed."""
+    clean, noisy = np.asarray(clean) > 0, np.asarray(noisy) > 0
+    changed = int((clean & ~noisy).sum())
+    return {"pairs_total": int(clean.sum()), "pairs_picked": changed, "pairs_changed": changed,
+            "images_total": len(clean), "images_changed": int((clean != noisy).any(axis=1).sum())}
+
+
+# ---------------------------------------------------------------- TFRecord schema
+
+def encode_examples(patch: str, bands: dict, labels19: Sequence[str], clean: np.ndarray,
+                    noisy_list: Sequence[np.ndarray], schema: str) -> list[bytes]:
+    """Serialized tf.train.Examples of one patch, one per noisy label of ``noisy_list``
+    (the pixels are encoded once); ``bands`` as from ``read_patch_bands``."""
+    import tensorflow as tf
+
+    from archives.common import bytes_feature, float_feature
+
+    feats = {}
+    for band in BAND_NAMES:
+        if schema == "compact":
+            feats[band + COMPACT_SUFFIX] = bytes_feature(bands[band])
+        else:
+            feats[band] = float_feature(bands[band])
+    feats[LABELS_KEY] = bytes_feature(list(labels19))
+    feats[LABEL_KEY] = float_feature(clean)
+    feats[NAME_KEY] = bytes_feature(patch)
+    example = tf.train.Example(features=tf.train.Features(feature=feats))
+    out = []
+    for noisy in noisy_list:
+        example.features.feature[NOISY_LABEL_KEY].CopyFrom(float_feature(noisy))
+        out.append(example.SerializeToString())
+    return out
+
+
+def encode_example(patch: str, bands: dict, labels19: Sequence[str], clean: np.ndarray,
+                   noisy: np.ndarray, schema: str) -> bytes:
+    """Serialized tf.train.Example of one patch; ``bands`` as from ``read_patch_bands``."""
+    return encode_examples(patch, bands, labels19, clean, [noisy], schema)[0]
+
+
+def schema_of(path: str | os.PathLike) -> str:
+    """"compact" or "published" from a file's first record; ValueError naming file and keys."""
+    from archives.common import example_keys
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: TFRecord file does not exist")
+    keys = example_keys(path)
+    if {LABEL_KEY, NAME_KEY} <= keys:
+        if set(BAND_NAMES) <= keys:
+            return "published"
+        if {b + COMPACT_SUFFIX for b in BAND_NAMES} <= keys:
+            return "compact"
+    raise ValueError(f"{path}: not a BEN TFRecord file, unexpected keys {sorted(keys)}")
+
+
+def _parser(schema: str, has_noisy: bool, compact_dtypes: bool):
+    import tensorflow as tf
+
+    spec = {LABEL_KEY: tf.io.FixedLenFeature([NB_CLASS], tf.float32),
+            NAME_KEY: tf.io.FixedLenFeature([], tf.string)}
+    if has_noisy:
+        spec[NOISY_LABEL_KEY] = tf.io.FixedLenFeature([NB_CLASS], tf.float32)
+    for band in MODEL_BANDS:
+        size = BAND_SIZES[band]
+        if schema == "compact":
+            spec[band + COMPACT_SUFFIX] = tf.io.FixedLenFeature([], tf.string)
+        else:
+            spec[band] = tf.io.FixedLenFeature([size * size], tf.float32)
+
+    def band(ex, name):
+        size = BAND_SIZES[name]
+        if schema == "compact":
+            flat = tf.io.decode_raw(ex[name + COMPACT_SUFFIX], tf.uint16, little_endian=True)
+            flat = tf.cast(flat, tf.float32)
+        else:
+            flat = ex[name]
+        return tf.reshape(flat, (size, size))
+
+    def parse(raw):
+        ex = tf.io.parse_single_example(raw, spec)
+        high = tf.stack([band(ex, b) for b in HIGH_RES_BANDS], axis=-1)
+        low = tf.stack([band(ex, b) for b in LOW_RES_BANDS], axis=-1)
+        low = tf.image.resize(low, IMAGE_SHAPE[:2], method="bicubic")
+        image = tf.ensure_shape(tf.concat([high, low], axis=-1), IMAGE_SHAPE)
+        if compact_dtypes:
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 65535.0), tf.uint16)
+        label = ex[LABEL_KEY]
+        return {"image": image,
+                "label": label,
+                "noisy_label": ex[NOISY_LABEL_KEY] if has_noisy else label,
+                "patch_name": ex[NAME_KEY]}
+
+    return parse
+
+
+def parse_records(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
+                  compact_dtypes: bool = False):
+    """tf.data.Dataset of unbatched dicts: ``image`` float32 (120,120,10) raw reflectance in
+    MODEL_BANDS order (20 m bands bicubic 60->120), ``label`` and ``noisy_label`` float32 (19,),
+    ``patch_name`` tf.string. Files keep their order; each may be in either schema form.
+
+    ``compact_dtypes=True`` (the input pipeline's option, to halve its shuffle buffer) yields
+    ``image`` as uint16: the bicubic values rounded and clipped to 0..65535.
+    """
+    import tensorflow as tf
+
+    from archives.common import example_keys
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise ValueError("parse_records: no TFRecord path given")
+    datasets = []
+    for path in paths:
+        schema = schema_of(path)
+        has_noisy = NOISY_LABEL_KEY in example_keys(path)
+        parse = _parser(schema, has_noisy, compact_dtypes)
+        datasets.append(tf.data.TFRecordDataset(str(path)).map(
+            parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    ds = datasets[0]
+    for other in datasets[1:]:
+        ds = ds.concatenate(other)
+    return ds
+
+
+# ---------------------------------------------------------------- raw archive -> TFRecords
+
+SPLITS = ("train", "val", "test")
+REPORT_NAME = "prep_report.json"
+
+
+def read_labels_worker(args: tuple) -> tuple[str, list | None, str | None]:
+    """Process-pool entry: (root, patch) -> (patch, 43-class names or None, error or None)."""
+    root, patch = args
+    try:
+        return patch, read_labels(root, patch), None
+    except InvalidPatch as err:
+        return patch, None, str(err)
+
+
+def _ordered_map(pool, fn, items: list, window: int):
+    """fn over items in input order, in ``pool`` when given; at most ``window`` items in flight
+    so that a fast reader cannot fill memory ahead of the writer."""
+    for start in range(0, len(items), window):
+        chunk = items[start:start + window]
+        yield from (pool.map(fn, chunk, chunksize=max(1, window // 32)) if pool
+                    else map(fn, chunk))
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and probe it; ValueError naming it when it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"{folder}: output folder cannot be written ({err})") from None
+
+
+def resolve_splits(root: Path, csvs: dict, skip_invalid: bool, skipped: list) -> tuple[dict, dict]:
+    """Patch names per split: from the CSVs when given (a listed patch absent under ``root`` is
+    an error, or skipped), else the official lists restricted to ``root``. Returns
+    (splits, absent count per split)."""
+    if not root.is_dir():
+        raise ValueError(f"{root}: BigEarthNet root folder does not exist")
+    given = {s: p for s, p in csvs.items() if p}
+    if not given:
+        return official_splits(root)
+    if set(given) != set(SPLITS):
+        raise ValueError("give all three split files (-train, -val, -test) or none")
+    splits, absent = {}, {}
+    for split in SPLITS:
+        names = list(dict.fromkeys(read_split_csv(given[split])))  # drop repeats, keep order
+        kept = []
+        for name in names:
+            if (root / name).is_dir():
+                kept.append(name)
+                continue
+            msg = f"{given[split]}: patch {name} is not under {root}"
+            if not skip_invalid:
+                raise InvalidPatch(msg)
+            warnings.warn(f"skipped: {msg}", stacklevel=3)
+            skipped.append({"item": str(root / name), "reason": msg})
+        splits[split], absent[split] = kept, len(names) - len(kept)
+    seen: dict[str, str] = {}
+    for split in SPLITS:
+        for name in splits[split]:
+            if name in seen:
+                raise ValueError(f"{given[split]}: patch {name} is also listed in "
+                                 f"{given[seen[name]]}; splits must not overlap")
+            seen[name] = split
+    return splits, absent
+
+
+def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = NOISE_LEVELS,
+            seed: int = 42, schema: str = "compact", workers: int = 1,
+            skip_invalid: bool = False, progress: bool = True):
+    """Raw BEN archive -> ``<out>/TFRecord/{train,val,test}.tfrecord`` and
+    ``train_noise_prcnt<N>.tfrecord``; returns the ``archives.report.PrepReport`` (also saved
+    as REPORT_NAME there).
+
+    csvs: {"train"|"val"|"test": path or None}. Invalid items stop the run with InvalidPatch
+    (ValueError) naming the file, or with ``skip_invalid`` are warned about, skipped and listed.
+    """
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+    from contextlib import ExitStack
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    from archives.common import atomic_tfrecord_writer
+    from archives.report import PrepReport
+
+    start = time.time()
+    if schema not in SCHEMAS:
+        raise ValueError(f"schema must be one of {SCHEMAS}, not {schema!r}")
+    levels = sorted({int(n) for n in noise_levels})
+    if any(not 0 < n < 100 for n in levels):
+        raise ValueError(f"noise levels must lie in 1..99, got {levels}")
+    root, tf_dir = Path(root), Path(out) / "TFRecord"
+    check_writable(tf_dir)
+    skipped: list[dict] = []
+    csvs = csvs or {}
+    splits, absent = resolve_splits(root, csvs, skip_invalid, skipped)
+
+    def reject(split, patch, msg):
+        if not skip_invalid:
+            raise InvalidPatch(msg)
+        warnings.warn(f"skipped: {msg}", stacklevel=2)
+        skipped.append({"item": str(root / patch), "reason": msg})
+
+    pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+            if workers > 1 else None)
+    window = max(64, 64 * workers)
+    try:
+        labels, no_target = {}, 0
+        for split in SPLITS:
+            names = []
+            items = [(str(root), p) for p in splits[split]]
+            for patch, names43, err in tqdm(_ordered_map(pool, read_labels_worker, items, window),
+                                            total=len(items), desc=f"{split} labels",
+                                            disable=not progress):
+                if err:
+                    reject(split, patch, err)
+                else:
+                    names.append(patch)
+                    labels[patch] = labels_43_to_19(names43)
+                    no_target += not labels[patch]
+            if not names:
+                where = csvs.get(split) or f"official {split} list restricted to {root}"
+                raise ValueError(f"{where}: {split} split is empty")
+            splits[split] = names
+
+        clean_train = np.stack([multi_hot(labels[p]) for p in splits["train"]])
+        noisy = {n: inject_noise(clean_train, n, np.random.default_rng([seed, n])) for n in levels}
+        records, written_rows = {}, []
+        for split in SPLITS:
+            targets = {split: None} if split != "train" else \
+                {"train": None, **{f"train_noise_prcnt{n}": n for n in levels}}
+            with ExitStack() as stack:
+                writers = {name: stack.enter_context(atomic_tfrecord_writer(tf_dir / f"{name}.tfrecord"))
+                           for name in targets}
+                items = [(str(root), p, schema) for p in splits[split]]
+                count = 0
+                bar = tqdm(_ordered_map(pool, read_patch_worker, items, window), total=len(items),
+                           desc=f"{split} -> {len(writers)} file(s)", disable=not progress)
+                for row, (patch, bands, err) in enumerate(bar):
+                    if err:
+                        reject(split, patch, err)
+                        continue
+                    clean = multi_hot(labels[patch])
+                    noisy_hots = [clean if n is None else noisy[n][row] for n in targets.values()]
+                    raws = encode_examples(patch, bands, labels[patch], clean, noisy_hots, schema)
+                    for name, raw in zip(targets, raws):
+                        writers[name].write(raw)
+                    count += 1
+                    if split == "train":
+                        written_rows.append(row)
+                if count == 0:  # raised inside the writers' block: no empty file is left
+                    raise ValueError(f"{split} split is empty after skipping invalid items")
+            records[split] = count
+            if split == "train":
+                records.update({str(n): count for n in levels})
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+    rows = np.array(written_rows, int)
+    report = PrepReport(dataset=NAME, out_dir=str(tf_dir), schema=schema, seed=seed,
+                        noise_levels=levels, records=records, skipped=skipped)
+    report.noise = {n: PrepReport.noise_entry(**noise_counts(clean_train[rows], noisy[n][rows]))
+                    for n in levels}
+    report.extra.update(
+        root=str(root),
+        split_source="csv" if any(csvs.values()) else "bigearthnet-common official lists "
+                                                      "(snow, cloud/shadow left out)",
+        listed_but_absent=absent,
+        patches_without_19_class_label=no_target)
+    report.time_s = round(time.time() - start, 3)
+    report.save(tf_dir / REPORT_NAME)
+    return report
