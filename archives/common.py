@@ -10,11 +10,25 @@ import numpy as np
 import tensorflow as tf
 
 
+def _varint(n: int) -> bytes:
+    """Protobuf base-128 varint encoding of a non-negative integer."""
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
 def float_feature(values) -> tf.train.Feature:
-    """A float-list feature from any array-like (flattened, cast to float32)."""
-    # A Python list converts about 10x faster than iterating over numpy scalars.
-    arr = np.asarray(values, dtype=np.float32).ravel().tolist()
-    return tf.train.Feature(float_list=tf.train.FloatList(value=arr))
+    """A float-list feature from any array-like (flattened, cast to float32).
+
+    Built from the packed wire form (field 1, little-endian float32): several times faster
+    than handing protobuf a list of 200k Python floats, and byte-identical on the wire.
+    """
+    raw = np.ascontiguousarray(values, dtype="<f4").tobytes()
+    packed = tf.train.FloatList.FromString(b"\x0a" + _varint(len(raw)) + raw)
+    return tf.train.Feature(float_list=packed)
 
 
 def bytes_feature(values: bytes | str | Sequence[bytes | str]) -> tf.train.Feature:

@@ -1,0 +1,506 @@
+"""DLRSD archive: UC Merced images + DLRSD pixel maps -> TFRecords, and the record reader.
+
+Raw layout: ``UCMerced_LandUse/Images/<scene>/<scene>NN.tif`` (RGB, resized to 256x256 bicubic
+when another size) and ``DLRSD/Images/<scene>/<scene>NN.png`` (colour-coded map, PALETTE below).
+Folders and stems are sorted and paired by name.
+
+TFRecord schemas (one ``tf.train.Example`` per image; the form is told apart by its keys).
+
+Published form (what the original GRID scripts wrote; read, and written with ``--schema published``):
+  ``img``            float list, 256*256*3, HWC, 0-255
+  ``seg_map``        float list, 256*256, class id or -1 (unlabelled)
+  ``noisy_seg_map``  float list, 256*256, same coding, after noise injection
+  ``label``          float list, 17, clean multi-hot (class-id order)
+  ``noisy_label``    float list, 17, multi-hot of the classes present in ``noisy_seg_map``
+  ``patch_name``     bytes, image stem (e.g. ``airplane07``)
+
+Compact form (default, ``--schema compact``): same ``label``, ``noisy_label``, ``patch_name``; pixel
+data as raw bytes under different key names:
+  ``image_uint8``          bytes, 256*256*3 uint8, HWC row-major (196,608 bytes)
+  ``seg_map_int8``         bytes, 256*256 int8, class id or -1 (65,536 bytes)
+  ``noisy_seg_map_int8``   bytes, 256*256 int8, same coding (65,536 bytes)
+About 328 KB per example against about 1.31 MB for the published form (4.0x fewer bytes).
+
+In clean files (train/val/test) ``noisy_seg_map`` equals ``seg_map`` and ``noisy_label`` equals
+``label``. In ``train_noise_prcnt<N>`` files an image whose map the noise left unchanged keeps
+``noisy_label == label``; a changed image gets the classes present in its noisy map.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from archives.common import atomic_tfrecord_writer, bytes_feature, example_keys, float_feature
+
+NAME = "DLRSD"
+CLASS_NAMES = [
+    "airplane", "bare soil", "buildings", "cars", "chaparral", "court", "dock", "field", "grass",
+    "mobile home", "pavement", "sand", "sea", "ship", "tanks", "trees", "water",
+]
+NB_CLASS = 17
+PALETTE = np.array([
+    (166, 202, 240), (128, 128, 0), (0, 0, 128), (255, 0, 0), (0, 128, 0), (128, 0, 0),
+    (255, 233, 233), (160, 160, 164), (0, 128, 128), (90, 87, 255), (255, 255, 0), (255, 192, 0),
+    (0, 0, 255), (255, 0, 192), (128, 0, 128), (0, 255, 0), (0, 255, 255),
+], dtype=np.uint8)
+SCENE_CLASSES = [
+    "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral",
+    "denseresidential", "forest", "freeway", "golfcourse", "harbor", "intersection",
+    "mediumresidential", "mobilehomepark", "overpass", "parkinglot", "river", "runway",
+    "sparseresidential", "storagetanks", "tenniscourt",
+]
+NOISE_LEVELS = list(range(10, 100, 10))
+SHUFFLE_BUFFER = 1680
+IMAGE_SIZE = 256
+IMAGE_SHAPE = (256, 256, 3)
+MODEL_INPUT_SHAPE = (224, 224, 3)
+TRAIN_CROP = 224
+MODEL_MEAN = np.array([76.54768, 76.80208, 73.49884], dtype=np.float32)
+MODEL_STD = np.array([72.219376, 70.419426, 63.12712], dtype=np.float32)
+HAS_PIXEL_MAPS = True
+SPLITS = ("train", "val", "test")
+
+PUBLISHED_KEYS = frozenset({"img", "seg_map", "noisy_seg_map", "label", "noisy_label", "patch_name"})
+COMPACT_KEYS = frozenset({"image_uint8", "seg_map_int8", "noisy_seg_map_int8", "label",
+                          "noisy_label", "patch_name"})
+IMAGE_EXTS = (".tif", ".tiff")
+MAP_EXTS = (".png",)
+
+
+class InvalidInput(ValueError):
+    """Bad raw input; ``item`` names the file or folder at fault (skippable with --skip-invalid)."""
+
+    def __init__(self, item: str | os.PathLike, reason: str):
+        self.item, self.reason = str(item), reason
+        super().__init__(f"{item}: {reason}")
+
+
+# ----------------------------------------------------------------------------- palette, split
+_LUT: np.ndarray | None = None  # packed 24-bit colour -> class id (-1 where no class), built once
+
+
+def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _palette_lut() -> np.ndarray:
+    global _LUT
+    if _LUT is None:
+        lut = np.full(1 << 24, -1, np.int8)
+        lut[_pack_rgb(PALETTE)] = np.arange(NB_CLASS, dtype=np.int8)
+        _LUT = lut
+    return _LUT
+
+
+def decode_palette(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    """Colour-coded map (H, W, 3) uint8 -> (class-id map int8 with -1 for unknown colours, misses)."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"colour map must be (H, W, 3), got {rgb.shape}")
+    ids = _palette_lut()[_pack_rgb(rgb)]
+    return ids, int(np.count_nonzero(ids < 0))
+
+
+def encode_palette(ids: np.ndarray) -> np.ndarray:
+    """Class-id map (H, W) with -1 for unlabelled -> colour map (H, W, 3) uint8 (-1 -> black)."""
+    ids = np.asarray(ids)
+    lut = np.concatenate([PALETTE, np.zeros((1, 3), np.uint8)])
+    return lut[np.where(ids < 0, NB_CLASS, ids)]
+
+
+def split_of(index: int) -> str:
+    """Split of the image at 0-based position ``index`` of its sorted class folder."""
+    r = (index + 1) % 10
+    return "test" if r in (2, 7) else "val" if r == 5 else "train"
+
+
+def classes_present(seg_map: np.ndarray) -> np.ndarray:
+    """Multi-hot float32 (17,) of the classes occurring in a class-id map (-1 ignored)."""
+    counts = np.bincount(np.asarray(seg_map).ravel().astype(np.int64) + 1, minlength=NB_CLASS + 1)
+    return (counts[1:NB_CLASS + 1] > 0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- raw layout
+@dataclass(frozen=True)
+class Item:
+    scene: str
+    stem: str
+    image_path: Path
+    map_path: Path
+    index: int  # position among the paired stems of its folder, sorted by name
+
+    @property
+    def split(self) -> str:
+        return split_of(self.index)
+
+
+def _skip_or_raise(skip_invalid: bool, skipped: list, item, reason: str) -> None:
+    """Raise InvalidInput, or (with ``skip_invalid``) warn and record (item, reason) in ``skipped``."""
+    if not skip_invalid:
+        raise InvalidInput(item, reason)
+    warnings.warn(f"skipping {item}: {reason}")
+    skipped.append((str(item), reason))
+
+
+def images_dir(root: str | os.PathLike, sub: str) -> Path:
+    """``root/Images`` or ``root/<sub>/Images``; ValueError naming root when neither exists."""
+    root = Path(root)
+    for cand in (root / "Images", root / sub / "Images"):
+        if cand.is_dir():
+            return cand
+    if not root.exists():
+        raise ValueError(f"{root}: folder does not exist")
+    raise ValueError(f"{root}: no 'Images' folder (expected {root}/Images or {root}/{sub}/Images)")
+
+
+def _listing(folder: Path, exts: Sequence[str]) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir(), key=lambda p: p.name)
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts}
+
+
+def scan_archive(ucm_root, dlrsd_root, *, skip_invalid: bool = False,
+                 skipped: list | None = None) -> list[Item]:
+    """Pair UC Merced images and DLRSD maps by folder and stem, sorted by name.
+
+    A folder or stem on one side only raises InvalidInput naming it; with ``skip_invalid`` it is
+    warned about, appended to ``skipped`` as (item, reason) and left out.
+    """
+    ucm_dir, dl_dir = images_dir(ucm_root, "UCMerced_LandUse"), images_dir(dlrsd_root, "DLRSD")
+    skipped = [] if skipped is None else skipped
+
+    def bad(item, reason):
+        _skip_or_raise(skip_invalid, skipped, item, reason)
+
+    ucm_scenes = {p.name for p in ucm_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    dl_scenes = {p.name for p in dl_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    for s in sorted(ucm_scenes - dl_scenes):
+        bad(ucm_dir / s, f"class folder has no DLRSD counterpart {dl_dir / s}")
+    for s in sorted(dl_scenes - ucm_scenes):
+        bad(dl_dir / s, f"class folder has no UC Merced counterpart {ucm_dir / s}")
+    items = []
+    for scene in sorted(ucm_scenes & dl_scenes):
+        imgs, maps = _listing(ucm_dir / scene, IMAGE_EXTS), _listing(dl_dir / scene, MAP_EXTS)
+        for stem in sorted(set(imgs) - set(maps)):
+            bad(imgs[stem], f"image has no DLRSD map {dl_dir / scene / (stem + '.png')}")
+        for stem in sorted(set(maps) - set(imgs)):
+            bad(maps[stem], f"map has no UC Merced image {ucm_dir / scene / (stem + '.tif')}")
+        for i, stem in enumerate(sorted(set(imgs) & set(maps))):
+            items.append(Item(scene, stem, imgs[stem], maps[stem], i))
+    if not items:
+        raise ValueError(f"{ucm_dir} / {dl_dir}: no paired images found")
+    return items
+
+
+def read_image(path: Path) -> tuple[np.ndarray, bool]:
+    """RGB uint8 (256, 256, 3) from a UC Merced TIFF (bicubic resize if needed), and resized flag."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            resized = im.size != (IMAGE_SIZE, IMAGE_SIZE)
+            if resized:
+                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
+            return np.asarray(im, dtype=np.uint8), resized
+    except Exception as e:  # PIL raises many types for broken files
+        raise InvalidInput(path, f"cannot read image ({type(e).__name__}: {e})") from e
+
+
+def read_map(path: Path) -> tuple[np.ndarray, int, bool]:
+    """Class-id map int8 (256, 256) from a DLRSD PNG, palette misses, and resized flag (nearest)."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            resized = im.size != (IMAGE_SIZE, IMAGE_SIZE)
+            if resized:
+                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.NEAREST)
+            rgb = np.asarray(im, dtype=np.uint8)
+    except Exception as e:
+        raise InvalidInput(path, f"cannot read pixel map ({type(e).__name__}: {e})") from e
+    ids, misses = decode_palette(rgb)
+    return ids, misses, resized
+
+
+# ----------------------------------------------------------------------------- multi-labels
+def _label_row(path, where, stem, values) -> np.ndarray:
+    values = list(values)
+    while values and values[-1] in (None, ""):  # spreadsheets pad short rows with empty cells
+        values.pop()
+    if len(values) < NB_CLASS:
+        raise ValueError(f"{path}: {where} ({stem}): expected {NB_CLASS} label columns, got {len(values)}")
+    out = np.zeros(NB_CLASS, np.float32)
+    for j, v in enumerate(values[:NB_CLASS]):
+        try:
+            f = float(str(v).strip())
+        except ValueError:
+            f = None
+        if f not in (0.0, 1.0):
+            raise ValueError(f"{path}: {where} ({stem}), column '{CLASS_NAMES[j]}': "
+                             f"value {v!r} is not 0 or 1")
+        out[j] = f
+    return out
+
+
+def read_multilabels(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Stem -> clean multi-hot (17,) from ``multi-labels.xlsx`` (Sheet1) or ``LandUse_Multilabeled.txt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: multi-label file does not exist")
+    if path.suffix.lower() in (".xlsx", ".xlsm"):
+        import openpyxl
+        try:
+            wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read spreadsheet ({type(e).__name__}: {e})") from e
+        try:
+            if "Sheet1" not in wb.sheetnames:
+                raise ValueError(f"{path}: no sheet 'Sheet1' (sheets: {wb.sheetnames})")
+            rows = [list(r) for r in wb["Sheet1"].iter_rows(values_only=True)]
+        finally:
+            wb.close()
+    else:
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: cannot read multi-label text ({e})") from e
+        rows = [line.rstrip("\r\n").split("\t") for line in text.splitlines() if line.strip()]
+    rows = [r for r in rows if any(c not in (None, "") for c in r)]
+    if not rows or str(rows[0][0]).strip().upper() != "IMAGE\\LABEL":
+        got = rows[0][0] if rows else "nothing"
+        raise ValueError(f"{path}: first column header must be 'IMAGE\\LABEL', got {got!r}")
+    if len([c for c in rows[0][1:] if c not in (None, "")]) != NB_CLASS:
+        raise ValueError(f"{path}: header must name {NB_CLASS} classes, got {rows[0][1:]}")
+    labels = {}
+    for n, row in enumerate(rows[1:], start=2):
+        stem = str(row[0]).strip()
+        if stem.lower().endswith((".tif", ".tiff", ".png")):
+            stem = stem.rsplit(".", 1)[0]
+        if stem in labels:
+            raise ValueError(f"{path}: row {n}: image '{stem}' listed twice")
+        labels[stem] = _label_row(path, f"row {n}", stem, row[1:])
+    return labels
+
+
+def find_multilabel_file(dlrsd_root) -> Path | None:
+    """``multi-labels.xlsx`` in the DLRSD root (or in ``<root>/DLRSD``), if there."""
+    root = Path(dlrsd_root)
+    for cand in (root / "multi-labels.xlsx", root / "DLRSD" / "multi-labels.xlsx"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+# ----------------------------------------------------------------------------- schema
+def encode_example(image, seg_map, noisy_seg_map, label, noisy_label, patch_name: str,
+                   schema: str = "compact") -> bytes:
+    """Serialised ``tf.train.Example`` of one image in the ``compact`` or ``published`` form."""
+    if schema == "compact":
+        feats = {
+            "image_uint8": bytes_feature(np.ascontiguousarray(image, np.uint8).tobytes()),
+            "seg_map_int8": bytes_feature(np.ascontiguousarray(seg_map, np.int8).tobytes()),
+            "noisy_seg_map_int8": bytes_feature(np.ascontiguousarray(noisy_seg_map, np.int8).tobytes()),
+        }
+    elif schema == "published":
+        feats = {"img": float_feature(image), "seg_map": float_feature(seg_map),
+                 "noisy_seg_map": float_feature(noisy_seg_map)}
+    else:
+        raise ValueError(f"schema must be 'compact' or 'published', got {schema!r}")
+    feats.update(label=float_feature(label), noisy_label=float_feature(noisy_label),
+                 patch_name=bytes_feature(patch_name))
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+_H, _W = IMAGE_SHAPE[:2]
+_LABEL_SPEC = {"label": tf.io.FixedLenFeature([NB_CLASS], tf.float32),
+               "noisy_label": tf.io.FixedLenFeature([NB_CLASS], tf.float32),
+               "patch_name": tf.io.FixedLenFeature([], tf.string)}
+_COMPACT_SPEC = {k: tf.io.FixedLenFeature([], tf.string)
+                 for k in ("image_uint8", "seg_map_int8", "noisy_seg_map_int8")} | _LABEL_SPEC
+_PUBLISHED_SPEC = {"img": tf.io.FixedLenFeature([_H * _W * 3], tf.float32),
+                   "seg_map": tf.io.FixedLenFeature([_H * _W], tf.float32),
+                   "noisy_seg_map": tf.io.FixedLenFeature([_H * _W], tf.float32)} | _LABEL_SPEC
+
+
+def _parse_fn(form: str, compact_dtypes: bool):
+    img_dtype = tf.uint8 if compact_dtypes else tf.float32
+    map_dtype = tf.int8 if compact_dtypes else tf.int32
+
+    def parse(raw):
+        if form == "compact":
+            f = tf.io.parse_single_example(raw, _COMPACT_SPEC)
+            image = tf.reshape(tf.io.decode_raw(f["image_uint8"], tf.uint8), IMAGE_SHAPE)
+            seg = tf.reshape(tf.io.decode_raw(f["seg_map_int8"], tf.int8), (_H, _W))
+            noisy = tf.reshape(tf.io.decode_raw(f["noisy_seg_map_int8"], tf.int8), (_H, _W))
+        else:
+            f = tf.io.parse_single_example(raw, _PUBLISHED_SPEC)
+            image = tf.reshape(f["img"], IMAGE_SHAPE)
+            if compact_dtypes:
+                image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
+            seg = tf.reshape(tf.round(f["seg_map"]), (_H, _W))
+            noisy = tf.reshape(tf.round(f["noisy_seg_map"]), (_H, _W))
+        return {"image": tf.cast(image, img_dtype), "seg_map": tf.cast(seg, map_dtype),
+                "noisy_seg_map": tf.cast(noisy, map_dtype), "label": f["label"],
+                "noisy_label": f["noisy_label"], "patch_name": f["patch_name"]}
+    return parse
+
+
+def record_form(path) -> str:
+    """'compact' or 'published' from the keys of the file's first record; ValueError otherwise."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: TFRecord file does not exist")
+    keys = example_keys(path)
+    if COMPACT_KEYS <= keys:
+        return "compact"
+    if PUBLISHED_KEYS <= keys:
+        return "published"
+    raise ValueError(f"{path}: unexpected DLRSD record keys {sorted(keys)}; expected "
+                     f"{sorted(COMPACT_KEYS)} (compact) or {sorted(PUBLISHED_KEYS)} (published)")
+
+
+def parse_records(paths, *, compact_dtypes: bool = False) -> tf.data.Dataset:
+    """Unbatched dicts from DLRSD TFRecords of either form, in file order.
+
+    ``compact_dtypes=True`` (used by the input pipeline to keep its shuffle buffer small) yields
+    ``image`` uint8 (published-form values rounded) and maps int8 instead of float32 / int32.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("parse_records: no TFRecord paths given")
+    ds = None
+    for p in paths:
+        part = tf.data.TFRecordDataset(p).map(_parse_fn(record_form(p), compact_dtypes),
+                                              num_parallel_calls=tf.data.AUTOTUNE)
+        ds = part if ds is None else ds.concatenate(part)
+    return ds
+
+
+# ----------------------------------------------------------------------------- preparation
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{folder}: output folder cannot be written ({e.strerror or e})") from e
+
+
+def _level_rng(seed: int, level: int, scene: str) -> np.random.Generator:
+    # one stream per (seed, level, folder) so results do not depend on processing order
+    return np.random.default_rng([seed, level, zlib.crc32(scene.encode())])
+
+
+def _load(it: Item, label_table: dict | None, ml_path):
+    """(image, map, clean label, palette misses, image resized, map resized) of one item."""
+    image, r1 = read_image(it.image_path)
+    seg, miss, r2 = read_map(it.map_path)
+    if label_table is None:
+        label = classes_present(seg)
+    elif it.stem not in label_table:
+        raise InvalidInput(ml_path, f"multi-label file has no row for image '{it.stem}'")
+    else:
+        label = label_table[it.stem]
+    return image, seg, label, miss, r1, r2
+
+
+def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = NOISE_LEVELS,
+            seed: int = 42, schema: str = "compact", multi_labels=None, skip_invalid: bool = False,
+            progress: bool = True):
+    """Write ``<out>/TFRecord/{train,val,test}.tfrecord`` and ``train_noise_prcnt<N>.tfrecord``.
+
+    ``multi_labels``: path to the multi-label file; None looks for ``multi-labels.xlsx`` in the
+    DLRSD root and otherwise takes the classes present in each pixel map. Returns the PrepReport
+    (also saved as ``<out>/TFRecord/prep_report.json``).
+    """
+    from tqdm import tqdm
+
+    from archives.noise import inject_map_noise
+    from archives.report import PrepReport
+
+    t0 = time.time()
+    levels = sorted({int(n) for n in noise_levels})
+    for n in levels:
+        if not 0 < n < 100:
+            raise ValueError(f"noise level {n} is outside 1..99")
+    if schema not in ("compact", "published"):
+        raise ValueError(f"schema must be 'compact' or 'published', got {schema!r}")
+    out_dir = Path(out_folder) / "TFRecord"
+    _check_writable(out_dir)
+    report = PrepReport(dataset=NAME, out_dir=str(out_dir), schema=schema, seed=seed,
+                        noise_levels=levels)
+    skipped: list = []
+    items = scan_archive(ucm_root, dlrsd_root, skip_invalid=skip_invalid, skipped=skipped)
+    ml_path = Path(multi_labels) if multi_labels else find_multilabel_file(dlrsd_root)
+    label_table = read_multilabels(ml_path) if ml_path else None
+    report.extra["multi_label_source"] = str(ml_path) if ml_path else "pixel maps"
+    counts = {s: sum(it.split == s for it in items) for s in SPLITS}
+    for s in SPLITS:
+        if counts[s] == 0:
+            raise ValueError(f"{ucm_root}: split '{s}' would be empty ({len(items)} paired images; "
+                             f"the split rule needs at least 5 images in a class folder)")
+
+    names = {s: out_dir / f"{s}.tfrecord" for s in SPLITS}
+    names |= {n: out_dir / f"train_noise_prcnt{n}.tfrecord" for n in levels}
+    stats = {n: dict(pairs_total=0, pairs_picked=0, pairs_changed=0, images_total=0,
+                     images_changed=0) for n in levels}
+    written = {k: 0 for k in names}
+    misses, resized, disagree = {}, 0, 0
+    scenes = sorted({it.scene for it in items})
+    with contextlib.ExitStack() as stack:
+        writers = {k: stack.enter_context(atomic_tfrecord_writer(p)) for k, p in names.items()}
+        bar = stack.enter_context(tqdm(total=len(items), desc="DLRSD", unit="img", disable=not progress))
+        for scene in scenes:
+            train = []  # (stem, image, seg, label, clean bytes)
+            for it in (i for i in items if i.scene == scene):
+                bar.update(1)
+                try:
+                    image, seg, label, miss, r1, r2 = _load(it, label_table, ml_path)
+                except InvalidInput as e:
+                    _skip_or_raise(skip_invalid, skipped, e.item, e.reason)
+                    continue
+                resized += r1 + r2
+                if miss:
+                    misses[str(it.map_path)] = miss
+                disagree += bool(np.any(classes_present(seg) != label))
+                raw = encode_example(image, seg, seg, label, label, it.stem, schema)
+                writers[it.split].write(raw)
+                written[it.split] += 1
+                if it.split == "train":
+                    train.append((it.stem, image, seg, label, raw))
+            for n in levels:
+                noisy, st = inject_map_noise([t[2] for t in train], np.array([t[3] for t in train]),
+                                             n, _level_rng(seed, n, scene), NB_CLASS)
+                for k in ("pairs_total", "pairs_picked", "pairs_changed"):
+                    stats[n][k] += st[k]
+                for (stem, image, seg, label, raw), nmap in zip(train, noisy):
+                    if nmap is None:  # unchanged: identical to the clean record
+                        writers[n].write(raw)
+                    else:
+                        nlabel = classes_present(nmap)
+                        stats[n]["images_changed"] += bool(np.any(nlabel != label))
+                        writers[n].write(encode_example(image, seg, nmap, label, nlabel, stem, schema))
+                    stats[n]["images_total"] += 1
+                    written[n] += 1
+        for s in SPLITS:
+            if written[s] == 0:
+                raise ValueError(f"{out_dir}: split '{s}' is empty after skipping invalid items")
+    report.records = {str(k): v for k, v in written.items()}
+    report.noise = {n: PrepReport.noise_entry(**stats[n]) for n in levels}
+    report.skipped = [{"item": i, "reason": r} for i, r in skipped]
+    report.palette_misses = {"pixels": int(sum(misses.values())), "maps": len(misses),
+                             "per_map": dict(sorted(misses.items()))}
+    report.extra.update(resized_files=int(resized), label_map_disagreements=int(disagree))
+    report.time_s = time.time() - t0
+    report.save(out_dir / "prep_report.json")
+    return report
