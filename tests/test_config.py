@@ -1,0 +1,148 @@
+"""Config: published keys and defaults, validation messages, derived values, dump round trip."""
+import json
+from pathlib import Path
+
+import pytest
+
+from config import Config, ConfigError, OUTPUT_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def base(**kw):
+    d = {"model_name": "GRID-BCE", "dataset": "DLRSD",
+         "train_tfrecord_paths": "data/TFRecord/train.tfrecord"}
+    d.update(kw)
+    return d
+
+
+def error(**kw) -> str:
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict(base(**kw))
+    return str(info.value)
+
+
+def test_published_defaults():
+    cfg = Config.from_dict(base())
+    assert (cfg.embed_dim, cfg.noise_prcnt, cfg.noisy_sel_prcnt, cfg.batch_size, cfg.nb_epoch,
+            cfg.optimizer, cfg.learning_rate, cfg.gpu, cfg.suffix) == \
+        (128, 0, 10, 128, 100, "Adam", 1e-3, 0, "")
+    assert (cfg.backbone, cfg.weights, cfg.seed, cfg.kl_weight, cfg.strategy) == \
+        ("densenet121", None, 0, 1.0, "default")
+    assert cfg.dumps == {"model_weights": "dumps/weights", "summaries": "dumps/summaries",
+                         "configs": "dumps/configs", "features": "dumps/features"}
+    assert cfg.train_tfrecord_paths == ("data/TFRecord/train.tfrecord",)
+    assert cfg.val_tfrecord_paths == () and cfg.is_grid
+
+
+def test_derived_values_dlrsd_and_ben():
+    d = Config.from_dict(base(model_name="GRID-RRL"))
+    assert (d.nb_class, d.out_size, d.input_shape) == (17, 153, (224, 224, 3))
+    b = Config.from_dict(base(dataset="BEN"))
+    assert (b.nb_class, b.out_size, b.input_shape) == (19, 190, (120, 120, 10))
+    assert not Config.from_dict(base(model_name="PCE")).is_grid
+
+
+def test_run_name_exact():
+    cfg = Config.from_dict(base(dataset="BEN", noise_prcnt=50, noisy_sel_prcnt=20, batch_size=64,
+                                nb_epoch=7, embed_dim=32))
+    assert cfg.run_name == "BEN-GRID-BCE-embed32-noise_prcnt50-bs64-epoch7-noisy_sel_prcnt20"
+    cfg = cfg.replace(suffix="try2")
+    assert cfg.run_name == "BEN-GRID-BCE-embed32-noise_prcnt50-bs64-epoch7-noisy_sel_prcnt20-try2"
+    assert cfg.feature_model_path == Path("dumps/weights") / cfg.run_name / "feature_model.keras"
+    assert cfg.summaries_dir == Path("dumps/summaries") / cfg.run_name
+    assert cfg.config_dump_path == Path("dumps/configs") / f"{cfg.run_name}.json"
+    assert cfg.features_dir == Path("dumps/features") / cfg.run_name
+
+
+def test_noisy_path_substitution():
+    clean = Config.from_dict(base(train_tfrecord_paths=["a/train.tfrecord"]))
+    assert clean.noisy_train_paths == ("a/train.tfrecord",)
+    noisy = clean.replace(noise_prcnt=30)
+    assert noisy.noisy_train_paths == ("a/train_noise_prcnt30.tfrecord",)
+    assert noisy.train_tfrecord_paths == ("a/train.tfrecord",)  # query set stays clean
+
+
+@pytest.mark.parametrize("typo,suggestion", [
+    ("modle_name", "model_name"), ("learning_rte", "learning_rate"), ("nb_epochs", "nb_epoch"),
+    ("noisy_sel_prct", "noisy_sel_prcnt"), ("backbon", "backbone"), ("kl_wieght", "kl_weight"),
+])
+def test_unknown_key_names_key_and_suggestion(typo, suggestion):
+    msg = error(**{typo: 1})
+    assert msg.startswith(f"{typo}: unknown key") and f"did you mean {suggestion!r}" in msg
+
+
+def test_unknown_dumps_key_and_value_typos():
+    assert "dumps.summary" in error(dumps={"summary": "x"}) and "'summaries'" in \
+        error(dumps={"summary": "x"})
+    assert "did you mean 'GRID-BCE'" in error(model_name="GRID-BC")
+    assert "did you mean 'resnet50'" in error(backbone="resnet5")
+    assert "did you mean 'mirrored'" in error(strategy="mirored")
+
+
+@pytest.mark.parametrize("key,value", [
+    ("batch_size", "32"), ("batch_size", 3.0), ("nb_epoch", True), ("embed_dim", None),
+    ("learning_rate", "1e-3"), ("suffix", 3), ("train_tfrecord_paths", 5),
+    ("val_tfrecord_paths", [1, 2]), ("dumps", "dumps"), ("seed", 1.5), ("weights", 3),
+])
+def test_wrong_types_name_the_key(key, value):
+    assert error(**{key: value}).startswith(key)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("noisy_sel_prcnt", 101), ("noisy_sel_prcnt", -1), ("noise_prcnt", 55), ("batch_size", 0),
+    ("learning_rate", 0), ("kl_weight", -1.0), ("nb_epoch", 0), ("suffix", "a/b"),
+    ("optimizer", "Adagrad"), ("dataset", "UCM"), ("learning_rate", float("nan")),
+])
+def test_bad_values_name_the_key(key, value):
+    assert error(**{key: value}).startswith(key)
+
+
+def test_impossible_combinations():
+    for model in ("GRID-PCE", "GRID-RRL", "PCE", "RRL"):
+        assert error(dataset="BEN", model_name=model).startswith("model_name")
+    assert "not offered for BEN" in error(dataset="BEN", noise_prcnt=70)
+    Config.from_dict(base(dataset="BEN", noise_prcnt=60))
+    Config.from_dict(base(noise_prcnt=90))
+
+
+def test_missing_required_and_weights_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="^dataset: required"):
+        Config.from_dict({"model_name": "BCE", "train_tfrecord_paths": "x"})
+    assert "does not exist" in error(weights=str(tmp_path / "none.weights.h5"))
+    w = tmp_path / "w.weights.h5"
+    w.write_bytes(b"x")
+    assert Config.from_dict(base(weights=str(w))).weights == str(w)
+
+
+def test_from_json_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        Config.from_json(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        Config.from_json(bad)
+
+
+def test_dumped_config_loads_back(tmp_path):
+    cfg = Config.from_dict(base(noise_prcnt=50, val_tfrecord_paths=["v.tfrecord"], seed=3))
+    dumped = cfg.dump_dict(training_time_s=12.5, final_metrics={"loss": 0.5})
+    assert set(OUTPUT_KEYS) <= set(dumped) and set(Config.keys()) <= set(dumped)
+    assert dumped["noisy_train_paths"] == ["data/TFRecord/train_noise_prcnt50.tfrecord"]
+    assert dumped["nb_class"] == 17 and dumped["run_name"] == cfg.run_name
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(dumped))
+    assert Config.from_json(path) == cfg
+
+
+def test_shipped_configs_are_valid():
+    expect = {"grid_bce": ("GRID-BCE", "BEN", 50, 20), "grid_pce": ("GRID-PCE", "DLRSD", 50, 10),
+              "grid_rrl": ("GRID-RRL", "DLRSD", 50, 10)}
+    for name, (model, dataset, noise, sel) in expect.items():
+        cfg = Config.from_json(ROOT / "configs" / f"{name}.json")
+        assert (cfg.model_name, cfg.dataset, cfg.noise_prcnt, cfg.noisy_sel_prcnt) == \
+            (model, dataset, noise, sel)
+        assert cfg.train_tfrecord_paths == (f"dumps/data/{dataset}/TFRecord/train.tfrecord",)
+    for name in ("demo_grid_bce", "demo_bce"):
+        cfg = Config.from_json(ROOT / "configs" / f"{name}.json")
+        assert cfg.backbone == "small_cnn" and cfg.dataset == "DLRSD" and cfg.noise_prcnt == 50

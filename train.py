@@ -1,0 +1,61 @@
+"""Train a GRID variant or baseline from a JSON config: ``python train.py CONFIG.json [--resume]``.
+
+The loop itself lives in ``training.py``; this file only parses the command line.
+Exit codes: 0 done (or stopped by --max-epochs), 2 bad config or missing input,
+3 a loss became NaN/Inf, 130 interrupted (a checkpoint was saved).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="JSON config file (see README: configuration)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the run's last checkpoint (exactly, even mid-epoch); "
+                             "without it a run starts afresh and its old checkpoints go")
+    parser.add_argument("--max-epochs", type=int, default=None, metavar="N",
+                        help="stop after N more epochs in this call (the run keeps nb_epoch; "
+                             "finish later with --resume)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    args = parser.parse_args(argv)
+    if args.max_epochs is not None and args.max_epochs < 1:
+        parser.error("--max-epochs must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from config import Config, ConfigError
+
+    try:
+        cfg = Config.from_json(args.config)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+
+    import training
+
+    print(f"run {cfg.run_name} ({cfg.model_name}, backbone {cfg.backbone}, "
+          f"strategy {cfg.strategy})")
+    try:
+        result = training.train(cfg, resume=args.resume, max_epochs=args.max_epochs,
+                                 show_progress=not args.no_progress)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except training.TrainingDiverged as err:
+        print(f"training stopped: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: python train.py {args.config} --resume",
+              file=sys.stderr)
+        return 130
+    print("\n".join(training.summary_lines(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
