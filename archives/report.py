@@ -50,7 +50,7 @@ class PrepReport:
 
     def summary(self) -> str:
         lines = [f"{self.dataset} prep ({self.schema} schema, seed {self.seed}) -> {self.out_dir}",
-                 "records: " + ", ".join(f"{k}={v}" for k, v in self.records.items())]
+                 "records: " + ", ".join(f"{_file_name(k)}={v}" for k, v in self.records.items())]
         for level, e in self.noise.items():
             lines.append(f"  noise {level:>2}%: pairs changed {e['pairs_changed']}/{e['pairs_total']}"
                          f" ({100 * e['share_pairs_changed']:.1f}%), images with changed multi-hot"
@@ -63,3 +63,8 @@ class PrepReport:
         lines += [f"  {s['item']}: {s['reason']}" for s in self.skipped]
         lines.append(f"time: {self.time_s:.1f} s")
         return "\n".join(lines)
+
+
+def _file_name(key) -> str:
+    """Record-count key -> the file stem it stands for ("train", or "train_noise_prcnt50" for 50)."""
+    return f"train_noise_prcnt{key}" if str(key).isdigit() else str(key)
