@@ -63,25 +63,30 @@ def main() -> None:
     start = time.time()
 
     prepare(args.dataset)
-    rows = []
+    dumps = []
     for config_path in CONFIGS[args.dataset]:
-        dumped = dumped_config(config_path)
-        if not dumped.exists():
+        dumped_path = dumped_config(config_path)
+        if not dumped_path.exists():
             run(["train.py", config_path])
-        run(["retrieval.py", str(dumped.relative_to(ROOT)), "--plot", str(args.plot)])
-        rows.append(summary_row(json.loads(dumped.read_text())))
+        run(["retrieval.py", str(dumped_path.relative_to(ROOT)), "--plot", str(args.plot)])
+        dumps.append(json.loads(dumped_path.read_text()))
+    rows = [summary_row(d) for d in dumps]
 
     print_table(rows)
-    for config_path in CONFIGS[args.dataset]:
-        dumped = dumped_config(config_path)
-        print(f"pictures: {(dumped.parent.parent / 'features' / dumped.stem / 'plots').relative_to(ROOT)}")
+    for dumped in dumps:
+        print(f"pictures: {features_dir(dumped) / 'plots'}")
     print(f"\nDemo finished in {time.time() - start:.0f} s. Results are from a synthetic "
           f"sample archive, not from {args.dataset} itself.")
 
 
+def features_dir(dumped: dict) -> Path:
+    """Where retrieval.py writes the features, results and pictures of a dumped run."""
+    return Path(dumped["dumps"]["features"]) / dumped["run_name"]
+
+
 def summary_row(dumped: dict) -> dict:
     """One table row from a dumped config and the retrieval results saved beside its features."""
-    results_path = ROOT / dumped["dumps"]["features"] / dumped["run_name"] / "retrieval.json"
+    results_path = ROOT / features_dir(dumped) / "retrieval.json"
     results = json.loads(results_path.read_text())["metrics"]
     final = dumped.get("final_metrics", {})
     return {
