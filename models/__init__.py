@@ -1,0 +1,13 @@
+"""Models of GRID: ``build_model(cfg) -> GridModel`` (see models/grid.py)."""
+from models.backbones import BACKBONES, build_backbone
+from models.grid import GridModel, make_eval_step, make_train_step
+
+
+def build_model(cfg):
+    """GridModel for cfg.model_name in GRID-BCE, GRID-PCE, GRID-RRL, BCE, PCE, RRL.
+    Build it inside ``strategy.scope()`` when training with a tf.distribute strategy."""
+    return GridModel(cfg)
+
+
+__all__ = ["BACKBONES", "GridModel", "build_backbone", "build_model", "make_eval_step",
+           "make_train_step"]

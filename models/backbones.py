@@ -1,0 +1,56 @@
+"""Backbones: name -> Keras model from a normalised image (B, H, W, Cin) to a feature map
+(B, h, w, F). No pretrained weights are ever downloaded; a local weights file may be loaded."""
+import os
+
+import keras
+from keras import layers
+
+BACKBONES = ("densenet121", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
+             "mobilenet_v2", "small_cnn")
+
+_APPS = {
+    "densenet121": "DenseNet121", "resnet50": "ResNet50", "resnet101": "ResNet101",
+    "resnet152": "ResNet152", "vgg16": "VGG16", "vgg19": "VGG19", "mobilenet_v2": "MobileNetV2",
+}
+
+
+def small_cnn(input_shape, name="small_cnn"):
+    """Small fast net for tests and demos: three stride-2 conv blocks (32, 64, 128 channels,
+    3x3, BatchNorm, ReLU) and a 3x3 conv with 128 channels; output (H/8, W/8, 128)."""
+    inp = keras.Input(shape=tuple(input_shape), name="image")
+    x = inp
+    for i, ch in enumerate((32, 64, 128)):
+        x = layers.Conv2D(ch, 3, strides=2, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
+        x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = layers.ReLU(name=f"relu{i + 1}")(x)
+    x = layers.Conv2D(128, 3, padding="same", activation="relu", name="conv4")(x)
+    return keras.Model(inp, x, name=name)
+
+
+def resolve(name):
+    """Constructor for a backbone name: callable(input_shape) -> keras.Model; ValueError if
+    the name is unknown."""
+    key = str(name).lower()
+    if key == "small_cnn":
+        return small_cnn
+    if key in _APPS:
+        ctor = getattr(keras.applications, _APPS[key])
+        return lambda input_shape: ctor(include_top=False, weights=None,
+                                        input_shape=tuple(input_shape), name=key)
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def build_backbone(name, input_shape, weights=None):
+    """Backbone without top.
+
+    name: one of BACKBONES; input_shape: (H, W, Cin); weights: None or a path to a local weights
+    file (Keras ``.weights.h5``/``.h5`` as written by ``Model.save_weights`` or the
+    Keras-applications "notop" files), loaded with ``Model.load_weights``.
+    Returns a keras.Model: (B, H, W, Cin) float32 -> (B, h, w, F) float32.
+    """
+    model = resolve(name)(tuple(input_shape))
+    if weights:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"backbone weights file not found: {weights}")
+        model.load_weights(weights)
+    return model
