@@ -1,0 +1,1 @@
+"""Retrieval evaluation: distances, blocked exact top-K ranking, metrics, feature files, plots."""

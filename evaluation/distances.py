@@ -1,0 +1,187 @@
+"""Pairwise distances between blocks of feature vectors: chi-square (exact), euclidean, cosine.
+
+All functions take ``q`` (nq, D) and ``a`` (na, D) float arrays and return (nq, na) float32.
+Chi-square d(u, v) = 0.5 * sum_k (u_k - v_k)^2 / (u_k + v_k + 1e-10), applied as written to
+whatever values come (GRID features are post-ReLU, so nonnegative; with negative entries the
+formula is no longer a metric, and a denominator of exactly 0 gives inf). NaN results rank last.
+
+Chi-square backends (``GRID_CHI2_BACKEND`` = auto | c | xla | numpy):
+- ``c``: a 15-line C kernel (``_chi2_kernel.c``) compiled on first use with the system C compiler
+  into ``$GRID_CACHE`` (default ``~/.cache/grid-retrieval``), called through ctypes with the
+  query rows split over all cores: about 2.3-3e9 pair-dims/s on this 2-core machine.
+- ``xla``: a ``tf.function(jit_compile=True)`` broadcast + reduce (about 0.15-0.5e9).
+- ``numpy``: plain broadcasting, the reference (about 0.1-0.2e9).
+``auto`` takes ``c`` when a compiler works, else ``xla``.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("chi2", "euclidean", "cosine")
+EPS = 1e-10
+_SRC = Path(__file__).with_name("_chi2_kernel.c")
+_LIB = None          # loaded ctypes library, False when compilation failed
+_XLA_FN = None
+_POOL = None
+
+
+def chi2_reference(q: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Chi-square by plain numpy broadcasting, float64 accumulation: the direct formula."""
+    q = np.asarray(q, np.float64)[:, None, :]
+    a = np.asarray(a, np.float64)[None, :, :]
+    return (0.5 * ((q - a) ** 2 / (q + a + EPS)).sum(-1)).astype(np.float32)
+
+
+def chi2_numpy(q: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Chi-square by float32 numpy broadcasting (the "straightforward numpy" baseline)."""
+    u = q[:, None, :]
+    v = a[None, :, :]
+    return 0.5 * ((u - v) ** 2 / (u + v + np.float32(EPS))).sum(-1, dtype=np.float32)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GRID_CACHE", Path.home() / ".cache" / "grid-retrieval"))
+
+
+def _load_c():
+    """Compile (once per source/host) and load the C kernel; False when that is impossible."""
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    src = _SRC.read_bytes()
+    key = hashlib.sha256(src + platform.node().encode() + platform.machine().encode()).hexdigest()[:16]
+    lib_path = _cache_dir() / f"chi2_{key}.so"
+    try:
+        if not lib_path.exists():
+            lib_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = lib_path.with_name(f"{lib_path.name}.tmp-{os.getpid()}")
+            cc = os.environ.get("CC", "cc")
+            cmd = [cc, "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
+                   "-fassociative-math", "-fno-signed-zeros", "-shared", "-fPIC",
+                   str(_SRC), "-o", str(tmp)]
+            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+            os.replace(tmp, lib_path)
+        lib = ctypes.CDLL(str(lib_path))
+        p = ctypes.POINTER(ctypes.c_float)
+        lib.chi2_block.argtypes = [p, p, p, ctypes.c_long, ctypes.c_long, ctypes.c_long]
+        lib.chi2_block.restype = None
+        _LIB = lib
+    except (OSError, subprocess.SubprocessError) as err:
+        warnings.warn(f"chi-square C kernel unavailable ({err}); using the XLA backend")
+        _LIB = False
+    return _LIB
+
+
+def _chi2_c(q: np.ndarray, a: np.ndarray) -> np.ndarray:
+    global _POOL
+    lib = _load_c()
+    q = np.ascontiguousarray(q, np.float32)
+    a = np.ascontiguousarray(a, np.float32)
+    out = np.empty((q.shape[0], a.shape[0]), np.float32)
+    p = ctypes.POINTER(ctypes.c_float)
+    d = q.shape[1]
+
+    def run(lo_hi):
+        lo, hi = lo_hi
+        if hi > lo:
+            lib.chi2_block(q[lo:hi].ctypes.data_as(p), a.ctypes.data_as(p),
+                           out[lo:hi].ctypes.data_as(p), hi - lo, a.shape[0], d)
+
+    n_threads = min(os.cpu_count() or 1, max(1, q.shape[0]))
+    if n_threads == 1:
+        run((0, q.shape[0]))
+    else:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(os.cpu_count())
+        cuts = np.linspace(0, q.shape[0], n_threads + 1).astype(int)
+        list(_POOL.map(run, zip(cuts[:-1], cuts[1:])))
+    return out
+
+
+def _chi2_xla(q: np.ndarray, a: np.ndarray) -> np.ndarray:
+    global _XLA_FN
+    if _XLA_FN is None:
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True, reduce_retracing=True)
+        def fn(u, v):
+            u = u[:, None, :]
+            v = v[None, :, :]
+            return 0.5 * tf.reduce_sum(tf.square(u - v) / (u + v + EPS), axis=-1)
+        _XLA_FN = fn
+    q = np.asarray(q, np.float32)
+    a = np.asarray(a, np.float32)
+    out = np.empty((q.shape[0], a.shape[0]), np.float32)
+    for i in range(0, q.shape[0], 32):  # (32, 1024, D) blocks: XLA fuses them, memory stays small
+        for j in range(0, a.shape[0], 1024):
+            out[i:i + 32, j:j + 1024] = _XLA_FN(q[i:i + 32], a[j:j + 1024]).numpy()
+    return out
+
+
+def chi2_backend() -> str:
+    """The chi-square backend in use: "c", "xla" or "numpy"."""
+    choice = os.environ.get("GRID_CHI2_BACKEND", "auto")
+    if choice not in ("auto", "c", "xla", "numpy"):
+        raise ValueError(f"GRID_CHI2_BACKEND={choice!r}: expected auto, c, xla or numpy")
+    if choice in ("auto", "c"):
+        if _load_c():
+            return "c"
+        if choice == "c":
+            raise RuntimeError("GRID_CHI2_BACKEND=c but the C kernel could not be built")
+        return "xla"
+    return choice
+
+
+def chi2(q: np.ndarray, a: np.ndarray, backend: str | None = None) -> np.ndarray:
+    """Exact chi-square distances (nq, na) float32 with the chosen (or configured) backend."""
+    backend = backend or chi2_backend()
+    if backend == "c" and _load_c():
+        return _chi2_c(q, a)
+    if backend == "numpy":
+        return chi2_numpy(np.asarray(q, np.float32), np.asarray(a, np.float32))
+    return _chi2_xla(q, a)
+
+
+def euclidean(q: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Euclidean distances through the matmul form sqrt(|q|^2 + |a|^2 - 2 q.a), clipped at 0."""
+    q = np.asarray(q, np.float32)
+    a = np.asarray(a, np.float32)
+    sq = (q * q).sum(1)[:, None] + (a * a).sum(1)[None, :] - 2.0 * (q @ a.T)
+    return np.sqrt(np.maximum(sq, 0.0, out=sq), out=sq)
+
+
+def cosine(q: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Cosine distance 1 - cos(q, a); a zero vector has distance 1 to everything."""
+    q = np.asarray(q, np.float32)
+    a = np.asarray(a, np.float32)
+    qn = np.linalg.norm(q, axis=1, keepdims=True)
+    an = np.linalg.norm(a, axis=1, keepdims=True)
+    qn[qn == 0] = 1.0
+    an[an == 0] = 1.0
+    return 1.0 - (q / qn) @ (a / an).T
+
+
+def pairwise(q: np.ndarray, a: np.ndarray, metric: str = "chi2") -> np.ndarray:
+    """Distances (nq, na) float32 for ``metric`` in METRICS; NaN becomes +inf (ranks last)."""
+    if metric == "chi2":
+        d = chi2(q, a)
+    elif metric == "euclidean":
+        d = euclidean(q, a)
+    elif metric == "cosine":
+        d = cosine(q, a)
+    else:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    d = np.asarray(d, np.float32)
+    nan = np.isnan(d)
+    if nan.any():
+        d[nan] = np.inf
+    return d

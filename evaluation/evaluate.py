@@ -1,0 +1,73 @@
+"""Score a query feature set against an archive: blocked top-K, then metrics per query block.
+
+Only one query block of rankings exists at a time; the per-query metric values are summed as
+blocks finish. K (``max_topk``) defaults to the published 420 (DLRSD) / 1000 (BEN, or dataset
+unknown), clipped to the archive size; an explicit K larger than the archive is an error.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from evaluation.features import FeatureFileError, FeatureSet, check_pair
+from evaluation.metrics import NDCG_KS, REPORT_KS, archive_gains, per_query_metrics, shared_counts
+from evaluation.ranking import topk_blocks
+
+DEFAULT_TOPK = {"DLRSD": 420, "BEN": 1000}
+HEADLINE = {"DLRSD": "NDCG@20", "BEN": "NDCG@30"}
+
+
+def resolve_topk(max_topk: int | None, archive: FeatureSet, dataset: str | None) -> int:
+    """The K to rank: the given one (error if above the archive size) or the published default."""
+    n = len(archive)
+    if max_topk is None:
+        return min(DEFAULT_TOPK.get(dataset, 1000), n)
+    if max_topk < 1:
+        raise ValueError(f"--max-topk must be >= 1, got {max_topk}")
+    if max_topk > n:
+        raise FeatureFileError(f"{archive.path}: --max-topk {max_topk} is larger than the "
+                               f"archive ({n} items); use at most {n}")
+    return max_topk
+
+
+def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
+             max_topk: int | None = None, dataset: str | None = None, query_block: int = 256,
+             archive_block: int = 8192, keep: int = 0, progress: bool = False) -> dict:
+    """Rank every query and return the result dict (means of every metric, counts, timing).
+
+    ``keep``: also return the top-K indices of the first ``keep`` queries (key ``topk_index``).
+    """
+    check_pair(query, archive)
+    k = resolve_topk(max_topk, archive, dataset)
+    kmax_global = max([x for x in REPORT_KS if x <= k], default=1)
+    sums: dict[str, float] = {}
+    no_relevant = 0
+    kept = []
+    t0 = time.perf_counter()
+    blocks = topk_blocks(query.feature, archive.feature, k, metric, query_block, archive_block)
+    if progress:
+        from tqdm import tqdm
+        blocks = tqdm(blocks, total=-(-len(query) // query_block), desc="ranking", unit="block")
+    for q0, idx, _ in blocks:
+        qlab = query.label[q0:q0 + idx.shape[0]]
+        s = shared_counts(qlab, archive.label, idx)
+        n_rel, ideal = archive_gains(qlab, archive.label, kmax_global)
+        no_relevant += int((n_rel == 0).sum())
+        for name, values in per_query_metrics(s, n_rel, ideal, REPORT_KS, NDCG_KS).items():
+            sums[name] = sums.get(name, 0.0) + float(values.sum())
+        if len(kept) * query_block < keep:
+            kept.append(idx)
+    seconds = time.perf_counter() - t0
+    n = len(query)
+    result = {
+        "query_features": query.path, "archive_features": archive.path, "metric": metric,
+        "max_topk": k, "num_queries": n, "num_archive": len(archive), "feature_dim": query.dim,
+        "queries_without_relevant": no_relevant, "ranking_seconds": round(seconds, 3),
+        "metrics": {name: total / n for name, total in sums.items()},
+    }
+    if dataset in HEADLINE and HEADLINE[dataset] in result["metrics"]:
+        result["headline"] = {HEADLINE[dataset]: result["metrics"][HEADLINE[dataset]]}
+    if keep:
+        result["topk_index"] = np.concatenate(kept)[:keep] if kept else np.empty((0, k), np.int64)
+    return result

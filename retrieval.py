@@ -1,0 +1,184 @@
+"""Retrieval evaluation of trained GRID models, or of saved feature files.
+
+  python retrieval.py dumps/configs/<run>.json [more.json ...]
+  python retrieval.py --query-features Q.h5 --archive-features A.h5 [--metric chi2]
+                      [--max-topk K] [--json OUT.json] [--plot N]
+
+Config mode extracts features (query = train records with clean labels, archive = test
+records) into <dumps.features>/<run_name>/{query,archive}.h5, reusing them while the model and
+records are unchanged, and saves <dumps.features>/<run_name>/retrieval.json.
+See evaluation/metrics.py for the metric definitions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from evaluation.distances import METRICS, chi2_backend  # noqa: E402
+from evaluation.evaluate import evaluate  # noqa: E402
+from evaluation.features import FeatureFileError, ensure_features, read_features  # noqa: E402
+
+CONFIG_KEYS = ("run_name", "dataset", "feature_model_path", "train_tfrecord_paths",
+               "test_tfrecord_paths", "dumps")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("configs", nargs="*", help="dumped run configs (dumps/configs/<run>.json)")
+    p.add_argument("--query-features", help="query feature HDF5 (feature, label, patch_name)")
+    p.add_argument("--archive-features", help="archive feature HDF5")
+    p.add_argument("--metric", choices=METRICS, default="chi2", help="distance (default chi2)")
+    p.add_argument("--max-topk", type=int, default=None,
+                   help="K retrieved per query (default 420 DLRSD, 1000 BEN/unknown, "
+                        "clipped to the archive size; a larger explicit K is an error)")
+    p.add_argument("--dataset", choices=("DLRSD", "BEN"), help="dataset of feature files "
+                   "(default K, headline metric, class names for --plot)")
+    p.add_argument("--json", help="write the results here (config mode: also "
+                   "<dumps.features>/<run>/retrieval.json)")
+    p.add_argument("--plot", type=int, default=0, metavar="N", help="PNG for the first N queries")
+    p.add_argument("--plot-topk", type=int, default=10, help="retrieved images per PNG")
+    p.add_argument("--plot-dir", help="where PNGs go (default: next to the results)")
+    p.add_argument("--query-records", nargs="+", help="query TFRecords (for --plot)")
+    p.add_argument("--archive-records", nargs="+", help="archive TFRecords (for --plot)")
+    p.add_argument("--query-block", type=int, default=256, help="queries ranked at once")
+    p.add_argument("--archive-block", type=int, default=8192, help="archive rows per block")
+    p.add_argument("--max-memory-mb", type=float, default=4096,
+                   help="feature arrays larger than this stay on disk and are streamed")
+    p.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if bool(args.query_features) != bool(args.archive_features):
+        p.error("--query-features and --archive-features go together")
+    if bool(args.configs) == bool(args.query_features):
+        p.error("give either run configs or --query-features/--archive-features")
+    return args
+
+
+def _open(path: str, max_mb: float):
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            size = f["feature"].size * 4 if "feature" in f else 0
+    except OSError:
+        size = 0
+    return read_features(path, in_memory=size <= max_mb * 2**20)
+
+
+def score(query_path, archive_path, args, dataset=None, records=(None, None), plot_dir=None):
+    """Rank and score one pair of feature files; optionally plot; returns the result dict."""
+    query = _open(query_path, args.max_memory_mb)
+    archive = _open(archive_path, args.max_memory_mb)
+    # a streamed archive is re-read once per query block: use bigger query blocks then
+    qblock = args.query_block if archive.handle is None else max(args.query_block, 4096)
+    try:
+        res = evaluate(query, archive, args.metric, args.max_topk, dataset, qblock,
+                       args.archive_block, keep=max(args.plot, 0), progress=not args.quiet)
+        res["chi2_backend"] = chi2_backend() if args.metric == "chi2" else None
+        top = res.pop("topk_index", None)
+        if args.plot > 0:
+            if not (dataset and records[0] and records[1]):
+                print("--plot skipped: needs --dataset, --query-records and --archive-records "
+                      "(or a run config)", file=sys.stderr)
+            else:
+                from evaluation.plots import plot_results
+                paths = plot_results(plot_dir, dataset, records[0], records[1], top, query.label,
+                                     archive.label, query.patch_name, args.plot_topk)
+                res["plots"] = [str(p) for p in paths]
+    finally:
+        query.close()
+        archive.close()
+    return res
+
+
+def run_config(path: str, args) -> tuple[str, dict]:
+    """Extract (or reuse) the features of one dumped run config, then score them."""
+    cfg_path = Path(path)
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    cfg = json.loads(cfg_path.read_text())
+    missing = [k for k in CONFIG_KEYS if k not in cfg]
+    if "dumps" in cfg and "features" not in (cfg["dumps"] or {}):
+        missing.append("dumps.features")
+    if missing:
+        raise ValueError(f"{path}: config lacks key(s) {missing}")
+    absent = [p for p in [cfg["feature_model_path"], *cfg["train_tfrecord_paths"],
+                          *cfg["test_tfrecord_paths"]] if not Path(p).is_file()]
+    if absent:
+        raise FileNotFoundError(f"{path}: model or record file(s) missing: {absent}")
+    from archives.pipeline import make_dataset
+
+    def make(paths):
+        return make_dataset(paths, cfg["dataset"], training=False, batch_size=args.batch_size)
+
+    out_dir = Path(cfg["dumps"]["features"]) / cfg["run_name"]
+    files = {}
+    for side, key in (("query", "train_tfrecord_paths"), ("archive", "test_tfrecord_paths")):
+        files[side] = out_dir / f"{side}.h5"
+        reused = ensure_features(files[side], cfg["feature_model_path"], cfg[key], make,
+                                 progress=not args.quiet)
+        print(f"{cfg['run_name']}: {side} features {'reused' if reused else 'written'}: "
+              f"{files[side]}", file=sys.stderr)
+    res = score(files["query"], files["archive"], args, cfg["dataset"],
+                (cfg["train_tfrecord_paths"], cfg["test_tfrecord_paths"]),
+                args.plot_dir or out_dir / "plots")
+    res["run_name"] = cfg["run_name"]
+    res["config"] = str(cfg_path)
+    write_json(out_dir / "retrieval.json", res)
+    return cfg["run_name"], res
+
+
+def write_json(path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """Metric rows x run columns."""
+    names = list(results)
+    keys = []
+    for res in results.values():
+        keys += [k for k in res["metrics"] if k not in keys]
+    width = max(len(n) for n in names)
+    lines = [f"{'metric':<16}" + "".join(f"  {n:>{width}}" for n in names)]
+    for k in keys:
+        cells = "".join(f"  {results[n]['metrics'].get(k, float('nan')):>{width}.4f}" for n in names)
+        lines.append(f"{k:<16}{cells}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    results: dict[str, dict] = {}
+    try:
+        if args.configs:
+            for path in args.configs:
+                name, res = run_config(path, args)
+                results[name] = res
+        else:
+            plot_dir = args.plot_dir or (Path(args.json).parent / "plots" if args.json else "plots")
+            results["result"] = score(args.query_features, args.archive_features, args,
+                                      args.dataset, (args.query_records, args.archive_records),
+                                      plot_dir)
+    except (FeatureFileError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, res in results.items():
+        print(f"{name}: {res['num_queries']} queries x {res['num_archive']} archive, "
+              f"{res['metric']}, K={res['max_topk']}, {res['ranking_seconds']} s")
+    print(format_table(results))
+    if args.json:
+        write_json(args.json, results["result"] if len(results) == 1 and not args.configs
+                   else results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
