@@ -401,17 +401,6 @@ def _ordered_map(pool, fn, items: list, window: int):
                     else map(fn, chunk))
 
 
-def check_writable(folder: Path) -> None:
-    """Create ``folder`` and probe it; ValueError naming it when it cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"{folder}: output folder cannot be written ({err})") from None
-
-
 def resolve_splits(root: Path, csvs: dict, skip_invalid: bool, skipped: list) -> tuple[dict, dict]:
     """Patch names per split: from the CSVs when given (a listed patch absent under ``root`` is
     an error, or skipped), else the official lists restricted to ``root``. Returns
@@ -464,7 +453,7 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
 
     from tqdm import tqdm
 
-    from archives.common import atomic_tfrecord_writer
+    from archives.common import atomic_tfrecord_writer, check_writable
     from archives.report import PrepReport
 
     start = time.time()

@@ -65,3 +65,15 @@ def atomic_tfrecord_writer(path: str | os.PathLike) -> Iterator[tf.io.TFRecordWr
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` and probe it with a tiny file; ValueError naming it when it cannot be written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"{folder}: output folder cannot be written ({err.strerror or err})") from err

@@ -40,7 +40,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from archives.common import atomic_tfrecord_writer, bytes_feature, example_keys, float_feature
+from archives.common import (atomic_tfrecord_writer, bytes_feature, check_writable, example_keys,
+                             float_feature)
 
 NAME = "DLRSD"
 CLASS_NAMES = [
@@ -202,30 +203,27 @@ def scan_archive(ucm_root, dlrsd_root, *, skip_invalid: bool = False,
     return items
 
 
-def read_image(path: Path) -> tuple[np.ndarray, bool]:
-    """RGB uint8 (256, 256, 3) from a UC Merced TIFF (bicubic resize if needed), and resized flag."""
+def _read_rgb(path: Path, resample, what: str) -> tuple[np.ndarray, bool]:
+    """RGB uint8 (256, 256, 3) of an image file, resized with ``resample`` if needed, and resized flag."""
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
             resized = im.size != (IMAGE_SIZE, IMAGE_SIZE)
             if resized:
-                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
+                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), resample)
             return np.asarray(im, dtype=np.uint8), resized
     except Exception as e:  # PIL raises many types for broken files
-        raise InvalidInput(path, f"cannot read image ({type(e).__name__}: {e})") from e
+        raise InvalidInput(path, f"cannot read {what} ({type(e).__name__}: {e})") from e
+
+
+def read_image(path: Path) -> tuple[np.ndarray, bool]:
+    """RGB uint8 (256, 256, 3) from a UC Merced TIFF (bicubic resize if needed), and resized flag."""
+    return _read_rgb(path, Image.BICUBIC, "image")
 
 
 def read_map(path: Path) -> tuple[np.ndarray, int, bool]:
     """Class-id map int8 (256, 256) from a DLRSD PNG, palette misses, and resized flag (nearest)."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            resized = im.size != (IMAGE_SIZE, IMAGE_SIZE)
-            if resized:
-                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.NEAREST)
-            rgb = np.asarray(im, dtype=np.uint8)
-    except Exception as e:
-        raise InvalidInput(path, f"cannot read pixel map ({type(e).__name__}: {e})") from e
+    rgb, resized = _read_rgb(path, Image.NEAREST, "pixel map")
     ids, misses = decode_palette(rgb)
     return ids, misses, resized
 
@@ -386,16 +384,6 @@ def parse_records(paths, *, compact_dtypes: bool = False) -> tf.data.Dataset:
 
 
 # ----------------------------------------------------------------------------- preparation
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"{folder}: output folder cannot be written ({e.strerror or e})") from e
-
-
 def _level_rng(seed: int, level: int, scene: str) -> np.random.Generator:
     # one stream per (seed, level, folder) so results do not depend on processing order
     return np.random.default_rng([seed, level, zlib.crc32(scene.encode())])
@@ -436,7 +424,7 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
     if schema not in ("compact", "published"):
         raise ValueError(f"schema must be 'compact' or 'published', got {schema!r}")
     out_dir = Path(out_folder) / "TFRecord"
-    _check_writable(out_dir)
+    check_writable(out_dir)
     report = PrepReport(dataset=NAME, out_dir=str(out_dir), schema=schema, seed=seed,
                         noise_levels=levels)
     skipped: list = []
