@@ -175,9 +175,12 @@ def save_feature_model(model: keras.Model, path: Path) -> None:
 
 
 def evaluate(eval_step: Callable, cfg: Config, paths) -> dict[str, float]:
-    """Sample-weighted mean of the eval step's losses over ``paths`` (no augmentation)."""
+    """Sample-weighted mean of the eval step's losses over ``paths`` (no augmentation);
+    {} when no validation file is configured (``val_tfrecord_paths`` is optional)."""
     from archives.pipeline import make_dataset
 
+    if not paths:
+        return {}
     sums: dict[str, float] = {}
     count = 0
     for batch in make_dataset(list(paths), cfg.dataset, training=False,

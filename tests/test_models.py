@@ -198,6 +198,34 @@ def test_eval_step_is_deterministic_and_leaves_weights():
         np.testing.assert_array_equal(v.numpy(), old)
 
 
+@pytest.mark.parametrize("name", ["GRID-BCE", "GRID-PCE"])
+def test_batchnorm_modes_and_one_backbone_pass_per_step(name):
+    """Train step: BatchNorm in training mode (moving statistics move) and the backbone run
+    once (its 4 convolutions appear once in the traced graph); eval step and feature_model:
+    inference mode (moving statistics unchanged; feature_model equals the pooled forward)."""
+    cfg = make_cfg(name)
+    m = build_model(cfg)
+    bns = [ly for ly in m.backbone.layers if isinstance(ly, keras.layers.BatchNormalization)]
+    assert bns
+    batch = make_batch(8)
+    step = make_train_step(m, keras.optimizers.Adam(), cfg)
+    before = [bn.moving_mean.numpy().copy() for bn in bns]
+    step(batch)
+    assert all(not np.allclose(b, bn.moving_mean.numpy()) for b, bn in zip(before, bns))
+    after = [bn.moving_mean.numpy().copy() for bn in bns]
+    make_eval_step(m, cfg)(batch)
+    feat = m.feature_model(batch["image"]).numpy()
+    for a, bn in zip(after, bns):
+        np.testing.assert_array_equal(a, bn.moving_mean.numpy())
+    pooled = tf.reduce_mean(m.forward(batch["image"])["feature"], axis=[1, 2]) \
+        if name == "GRID-PCE" else m.forward(batch["image"])["feature"]
+    np.testing.assert_allclose(feat, pooled.numpy(), rtol=1e-5, atol=1e-6)
+    graph = step.get_concrete_function(batch).graph
+    backbone_convs = [op.name for op in graph.get_operations()
+                      if op.type == "Conv2D" and op.name.startswith("small_cnn")]
+    assert len(backbone_convs) == 4  # small_cnn: conv1..conv4, forward pass computed once
+
+
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="model_name"):
         build_model(make_cfg("GRID-XYZ"))

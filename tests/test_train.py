@@ -154,6 +154,19 @@ def test_other_variants_train_end_to_end(model_name, records, tmp_path):
     check_outputs(cfg, grid=model_name.startswith("GRID"))
 
 
+def test_no_validation_files_trains_and_skips_validation(records, tmp_path):
+    """val_tfrecord_paths is optional (default empty): no crash after the epoch, no val scalars."""
+    cfg = make_cfg(records, tmp_path, model_name="BCE", val_tfrecord_paths=[])
+    assert cfg.val_tfrecord_paths == ()
+    result = training.train(cfg, show_progress=False)
+    assert result.completed and result.val_metrics == {}
+    assert cfg.feature_model_path.is_file()
+    dumped = json.loads(cfg.config_dump_path.read_text())
+    assert "loss" in dumped["final_metrics"]
+    assert not any(k.startswith("val_") for k in dumped["final_metrics"])
+    assert not any(t.startswith("val/") for t in summary_tags(cfg.summaries_dir))
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(records, tmp_path, monkeypatch):
     """Images of epoch 2 are NaN: the real compiled step yields a NaN loss."""
     from archives import pipeline
