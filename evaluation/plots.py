@@ -58,7 +58,8 @@ def plot_query(out_path, query_image, query_labels, images, labels, class_names,
     n = len(images) + 1
     cols = min(n, 6)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.4 * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     panels = [(query_image, query_labels, "query")]
@@ -67,11 +68,13 @@ def plot_query(out_path, query_image, query_labels, images, labels, class_names,
         panels.append((img, lab, f"#{r}, shared {shared}"))
     for ax, (img, lab, head) in zip(axes.ravel(), panels):
         ax.imshow(img)
-        text = "\n".join(textwrap.wrap(label_text(lab, class_names), 28)[:3])
+        lines = textwrap.wrap(label_text(lab, class_names), 28)
+        if len(lines) > 3:  # keep captions from running into the row above
+            lines = lines[:2] + [lines[2][:25] + "..."]
+        text = "\n".join(lines)
         ax.set_title(f"{head}\n{text}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
