@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -112,8 +111,9 @@ def metadata_path(root: str | os.PathLike, patch: str) -> Path:
     return Path(root) / patch / f"{patch}_labels_metadata.json"
 
 
-def read_labels(root: str | os.PathLike, patch: str) -> list[str]:
-    """The 43-class names of a patch's metadata JSON (validated against the nomenclature)."""
+def read_labels19(root: str | os.PathLike, patch: str) -> list[str]:
+    """The 19-class names (class-id order) of the 43-class names in a patch's metadata JSON;
+    InvalidPatch naming the JSON when it is missing, unreadable or names an unknown class."""
     path = metadata_path(root, patch)
     if not path.is_file():
         raise InvalidPatch(f"{path}: metadata JSON is missing")
@@ -124,8 +124,7 @@ def read_labels(root: str | os.PathLike, patch: str) -> list[str]:
     labels = meta.get("labels") if isinstance(meta, dict) else None
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise InvalidPatch(f"{path}: metadata JSON has no list of names under 'labels'")
-    labels_43_to_19(labels, str(path))
-    return labels
+    return labels_43_to_19(labels, str(path))
 
 
 def read_band(root: str | os.PathLike, patch: str, band: str) -> np.ndarray:
@@ -282,7 +281,7 @@ def encode_examples(patch: str, bands: dict, labels19: Sequence[str], clean: np.
     out = []
     for noisy in noisy_list:
         example.features.feature[NOISY_LABEL_KEY].CopyFrom(float_feature(noisy))
-        out.append(example.SerializeToString())
+        out.append(example.SerializeToString(deterministic=True))  # same bytes in any process
     return out
 
 
@@ -292,13 +291,12 @@ def encode_example(patch: str, bands: dict, labels19: Sequence[str], clean: np.n
     return encode_examples(patch, bands, labels19, clean, [noisy], schema)[0]
 
 
-def schema_of(path: str | os.PathLike) -> str:
-    """"compact" or "published" from a file's first record; ValueError naming file and keys."""
+def schema_of(path: str | os.PathLike, keys: set[str] | None = None) -> str:
+    """"compact" or "published" from a file's first record (or its ``keys`` when already read);
+    ValueError naming file and keys."""
     from archives.common import example_keys
 
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: TFRecord file does not exist")
-    keys = example_keys(path)
+    keys = example_keys(path) if keys is None else keys
     if {LABEL_KEY, NAME_KEY} <= keys:
         if set(BAND_NAMES) <= keys:
             return "published"
@@ -356,25 +354,13 @@ def parse_records(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
     ``compact_dtypes=True`` (the input pipeline's option, to halve its shuffle buffer) yields
     ``image`` as uint16: the bicubic values rounded and clipped to 0..65535.
     """
-    import tensorflow as tf
+    from archives.common import example_keys, records_dataset
 
-    from archives.common import example_keys
+    def parser_for(path):
+        keys = example_keys(path)  # one read of the first record per file
+        return _parser(schema_of(path, keys), NOISY_LABEL_KEY in keys, compact_dtypes)
 
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    if not paths:
-        raise ValueError("parse_records: no TFRecord path given")
-    datasets = []
-    for path in paths:
-        schema = schema_of(path)
-        has_noisy = NOISY_LABEL_KEY in example_keys(path)
-        parse = _parser(schema, has_noisy, compact_dtypes)
-        datasets.append(tf.data.TFRecordDataset(str(path)).map(
-            parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
-    ds = datasets[0]
-    for other in datasets[1:]:
-        ds = ds.concatenate(other)
-    return ds
+    return records_dataset(paths, parser_for)
 
 
 # ---------------------------------------------------------------- raw archive -> TFRecords
@@ -384,10 +370,10 @@ REPORT_NAME = "prep_report.json"
 
 
 def read_labels_worker(args: tuple) -> tuple[str, list | None, str | None]:
-    """Process-pool entry: (root, patch) -> (patch, 43-class names or None, error or None)."""
+    """Process-pool entry: (root, patch) -> (patch, 19-class names or None, error or None)."""
     root, patch = args
     try:
-        return patch, read_labels(root, patch), None
+        return patch, read_labels19(root, patch), None
     except InvalidPatch as err:
         return patch, None, str(err)
 
@@ -405,13 +391,17 @@ def resolve_splits(root: Path, csvs: dict, skip_invalid: bool, skipped: list) ->
     """Patch names per split: from the CSVs when given (a listed patch absent under ``root`` is
     an error, or skipped), else the official lists restricted to ``root``. Returns
     (splits, absent count per split)."""
+    from archives.common import skip_or_raise
+
     if not root.is_dir():
         raise ValueError(f"{root}: BigEarthNet root folder does not exist")
     given = {s: p for s, p in csvs.items() if p}
     if not given:
         return official_splits(root)
     if set(given) != set(SPLITS):
-        raise ValueError("give all three split files (-train, -val, -test) or none")
+        missing = [s for s in SPLITS if s not in given]
+        raise ValueError(f"give all three split files (-train, -val, -test) or none; "
+                         f"missing: {', '.join(missing)}")
     splits, absent = {}, {}
     for split in SPLITS:
         names = list(dict.fromkeys(read_split_csv(given[split])))  # drop repeats, keep order
@@ -421,10 +411,7 @@ def resolve_splits(root: Path, csvs: dict, skip_invalid: bool, skipped: list) ->
                 kept.append(name)
                 continue
             msg = f"{given[split]}: patch {name} is not under {root}"
-            if not skip_invalid:
-                raise InvalidPatch(msg)
-            warnings.warn(f"skipped: {msg}", stacklevel=3)
-            skipped.append({"item": str(root / name), "reason": msg})
+            skip_or_raise(InvalidPatch(msg), skip_invalid, skipped, root / name, msg)
         splits[split], absent[split] = kept, len(names) - len(kept)
     seen: dict[str, str] = {}
     for split in SPLITS:
@@ -453,67 +440,67 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
 
     from tqdm import tqdm
 
-    from archives.common import atomic_tfrecord_writer, check_writable
+    from archives.common import atomic_tfrecord_writer, check_writable, skip_or_raise
+    from archives.noise import check_levels
     from archives.report import PrepReport
 
     start = time.time()
     if schema not in SCHEMAS:
         raise ValueError(f"schema must be one of {SCHEMAS}, not {schema!r}")
-    levels = sorted({int(n) for n in noise_levels})
-    if any(not 0 < n < 100 for n in levels):
-        raise ValueError(f"noise levels must lie in 1..99, got {levels}")
+    levels = check_levels(noise_levels)
     root, tf_dir = Path(root), Path(out) / "TFRecord"
     check_writable(tf_dir)
     skipped: list[dict] = []
     csvs = csvs or {}
     splits, absent = resolve_splits(root, csvs, skip_invalid, skipped)
 
-    def reject(split, patch, msg):
-        if not skip_invalid:
-            raise InvalidPatch(msg)
-        warnings.warn(f"skipped: {msg}", stacklevel=2)
-        skipped.append({"item": str(root / patch), "reason": msg})
+    def reject(patch, msg):
+        skip_or_raise(InvalidPatch(msg), skip_invalid, skipped, root / patch, msg)
+
+    def source(split):
+        return csvs.get(split) or f"official {split} list restricted to {root}"
 
     pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
             if workers > 1 else None)
     window = max(64, 64 * workers)
     try:
-        labels, no_target = {}, 0
+        labels, no_target = {}, 0  # patch -> 19-class names
         for split in SPLITS:
             names = []
             items = [(str(root), p) for p in splits[split]]
-            for patch, names43, err in tqdm(_ordered_map(pool, read_labels_worker, items, window),
+            for patch, names19, err in tqdm(_ordered_map(pool, read_labels_worker, items, window),
                                             total=len(items), desc=f"{split} labels",
                                             disable=not progress):
                 if err:
-                    reject(split, patch, err)
+                    reject(patch, err)
                 else:
                     names.append(patch)
-                    labels[patch] = labels_43_to_19(names43)
-                    no_target += not labels[patch]
+                    labels[patch] = names19
+                    no_target += not names19
             if not names:
-                where = csvs.get(split) or f"official {split} list restricted to {root}"
-                raise ValueError(f"{where}: {split} split is empty")
+                raise ValueError(f"{source(split)}: {split} split is empty")
             splits[split] = names
 
         clean_train = np.stack([multi_hot(labels[p]) for p in splits["train"]])
         noisy = {n: inject_noise(clean_train, n, np.random.default_rng([seed, n])) for n in levels}
         records, written_rows = {}, []
-        for split in SPLITS:
-            targets = {split: None} if split != "train" else \
-                {"train": None, **{f"train_noise_prcnt{n}": n for n in levels}}
-            with ExitStack() as stack:
-                writers = {name: stack.enter_context(atomic_tfrecord_writer(tf_dir / f"{name}.tfrecord"))
-                           for name in targets}
+        # every file is renamed into place only once all splits are written: a run stopped
+        # part-way never leaves this run's train files beside an earlier run's val/test files
+        with ExitStack() as stack:
+            for split in SPLITS:
+                targets = {split: None} if split != "train" else \
+                    {"train": None, **{f"train_noise_prcnt{n}": n for n in levels}}
+                writers = {name: stack.enter_context(
+                    atomic_tfrecord_writer(tf_dir / f"{name}.tfrecord")) for name in targets}
                 items = [(str(root), p, schema) for p in splits[split]]
                 count = 0
                 bar = tqdm(_ordered_map(pool, read_patch_worker, items, window), total=len(items),
                            desc=f"{split} -> {len(writers)} file(s)", disable=not progress)
                 for row, (patch, bands, err) in enumerate(bar):
                     if err:
-                        reject(split, patch, err)
+                        reject(patch, err)
                         continue
-                    clean = multi_hot(labels[patch])
+                    clean = clean_train[row] if split == "train" else multi_hot(labels[patch])
                     noisy_hots = [clean if n is None else noisy[n][row] for n in targets.values()]
                     raws = encode_examples(patch, bands, labels[patch], clean, noisy_hots, schema)
                     for name, raw in zip(targets, raws):
@@ -521,11 +508,12 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
                     count += 1
                     if split == "train":
                         written_rows.append(row)
-                if count == 0:  # raised inside the writers' block: no empty file is left
-                    raise ValueError(f"{split} split is empty after skipping invalid items")
-            records[split] = count
-            if split == "train":
-                records.update({str(n): count for n in levels})
+                if count == 0:  # raised inside the writers' block: no file is left
+                    raise ValueError(f"{source(split)}: {split} split is empty after skipping "
+                                     "invalid items")
+                records[split] = count
+                if split == "train":
+                    records.update({str(n): count for n in levels})
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)

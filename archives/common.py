@@ -1,10 +1,11 @@
-"""Helpers shared by the archive modules: TFRecord feature builders and an atomic writer."""
+"""Helpers shared by the archive modules: TFRecord feature builders, atomic writers, the reader."""
 from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -42,16 +43,18 @@ def bytes_feature(values: bytes | str | Sequence[bytes | str]) -> tf.train.Featu
 def example_keys(path: str | os.PathLike) -> set[str]:
     """Feature keys of the first record of a TFRecord file (used to tell schema forms apart).
 
-    Raises ValueError naming the file when it holds no record.
+    Raises ValueError naming the file when it does not exist or holds no record.
     """
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: TFRecord file does not exist")
     for raw in tf.data.TFRecordDataset(str(path)).take(1):
         return set(tf.train.Example.FromString(raw.numpy()).features.feature.keys())
     raise ValueError(f"{path}: TFRecord file holds no record")
 
 
 @contextlib.contextmanager
-def atomic_tfrecord_writer(path: str | os.PathLike) -> Iterator[tf.io.TFRecordWriter]:
-    """Write a TFRecord file under a temporary name and rename it into place on success.
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write; renamed onto ``path`` when the block succeeds.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and
     whatever already stood at ``path`` is left untouched.
@@ -59,12 +62,38 @@ def atomic_tfrecord_writer(path: str | os.PathLike) -> Iterator[tf.io.TFRecordWr
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
-            yield writer
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_tfrecord_writer(path: str | os.PathLike) -> Iterator[tf.io.TFRecordWriter]:
+    """Write a TFRecord file under a temporary name and rename it into place on success
+    (see ``atomic_path``)."""
+    with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+        yield writer
+
+
+def records_dataset(paths, parser_for: Callable[[str], Callable]) -> tf.data.Dataset:
+    """TFRecord files in the given order, each mapped with ``parser_for(path)``, concatenated.
+
+    ``paths``: one path or a sequence of them; ValueError when none is given. ``parser_for`` is
+    called once per file (before any reading), so it can tell the file's schema form apart.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("parse_records: no TFRecord paths given")
+    parts = [tf.data.TFRecordDataset(p).map(parser_for(p), num_parallel_calls=tf.data.AUTOTUNE,
+                                            deterministic=True) for p in paths]
+    ds = parts[0]
+    for part in parts[1:]:
+        ds = ds.concatenate(part)
+    return ds
 
 
 def check_writable(folder: str | os.PathLike) -> None:
@@ -77,3 +106,12 @@ def check_writable(folder: str | os.PathLike) -> None:
         probe.unlink()
     except OSError as err:
         raise ValueError(f"{folder}: output folder cannot be written ({err.strerror or err})") from err
+
+
+def skip_or_raise(error: Exception, skip_invalid: bool, skipped: list, item, reason: str) -> None:
+    """Raise ``error``, or (with ``skip_invalid``) warn about it and append
+    ``{"item": item, "reason": reason}`` to ``skipped`` (the prep report's list)."""
+    if not skip_invalid:
+        raise error
+    warnings.warn(f"skipped: {error}", stacklevel=3)
+    skipped.append({"item": str(item), "reason": reason})

@@ -28,9 +28,9 @@ In clean files (train/val/test) ``noisy_seg_map`` equals ``seg_map`` and ``noisy
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ import tensorflow as tf
 from PIL import Image
 
 from archives.common import (atomic_tfrecord_writer, bytes_feature, check_writable, example_keys,
-                             float_feature)
+                             float_feature, records_dataset, skip_or_raise)
 
 NAME = "DLRSD"
 CLASS_NAMES = [
@@ -70,6 +70,7 @@ MODEL_MEAN = np.array([76.54768, 76.80208, 73.49884], dtype=np.float32)
 MODEL_STD = np.array([72.219376, 70.419426, 63.12712], dtype=np.float32)
 HAS_PIXEL_MAPS = True
 SPLITS = ("train", "val", "test")
+SCHEMAS = ("compact", "published")
 
 PUBLISHED_KEYS = frozenset({"img", "seg_map", "noisy_seg_map", "label", "noisy_label", "patch_name"})
 COMPACT_KEYS = frozenset({"image_uint8", "seg_map_int8", "noisy_seg_map_int8", "label",
@@ -146,14 +147,6 @@ class Item:
         return split_of(self.index)
 
 
-def _skip_or_raise(skip_invalid: bool, skipped: list, item, reason: str) -> None:
-    """Raise InvalidInput, or (with ``skip_invalid``) warn and record (item, reason) in ``skipped``."""
-    if not skip_invalid:
-        raise InvalidInput(item, reason)
-    warnings.warn(f"skipping {item}: {reason}")
-    skipped.append((str(item), reason))
-
-
 def images_dir(root: str | os.PathLike, sub: str) -> Path:
     """``root/Images`` or ``root/<sub>/Images``; ValueError naming root when neither exists."""
     root = Path(root)
@@ -175,13 +168,13 @@ def scan_archive(ucm_root, dlrsd_root, *, skip_invalid: bool = False,
     """Pair UC Merced images and DLRSD maps by folder and stem, sorted by name.
 
     A folder or stem on one side only raises InvalidInput naming it; with ``skip_invalid`` it is
-    warned about, appended to ``skipped`` as (item, reason) and left out.
+    warned about, appended to ``skipped`` as {"item", "reason"} and left out.
     """
     ucm_dir, dl_dir = images_dir(ucm_root, "UCMerced_LandUse"), images_dir(dlrsd_root, "DLRSD")
     skipped = [] if skipped is None else skipped
 
     def bad(item, reason):
-        _skip_or_raise(skip_invalid, skipped, item, reason)
+        skip_or_raise(InvalidInput(item, reason), skip_invalid, skipped, item, reason)
 
     ucm_scenes = {p.name for p in ucm_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
     dl_scenes = {p.name for p in dl_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
@@ -298,23 +291,28 @@ def find_multilabel_file(dlrsd_root) -> Path | None:
 
 
 # ----------------------------------------------------------------------------- schema
+def _check_schema(schema: str) -> None:
+    if schema not in SCHEMAS:
+        raise ValueError(f"schema must be 'compact' or 'published', got {schema!r}")
+
+
 def encode_example(image, seg_map, noisy_seg_map, label, noisy_label, patch_name: str,
                    schema: str = "compact") -> bytes:
     """Serialised ``tf.train.Example`` of one image in the ``compact`` or ``published`` form."""
+    _check_schema(schema)
     if schema == "compact":
         feats = {
             "image_uint8": bytes_feature(np.ascontiguousarray(image, np.uint8).tobytes()),
             "seg_map_int8": bytes_feature(np.ascontiguousarray(seg_map, np.int8).tobytes()),
             "noisy_seg_map_int8": bytes_feature(np.ascontiguousarray(noisy_seg_map, np.int8).tobytes()),
         }
-    elif schema == "published":
+    else:
         feats = {"img": float_feature(image), "seg_map": float_feature(seg_map),
                  "noisy_seg_map": float_feature(noisy_seg_map)}
-    else:
-        raise ValueError(f"schema must be 'compact' or 'published', got {schema!r}")
     feats.update(label=float_feature(label), noisy_label=float_feature(noisy_label),
                  patch_name=bytes_feature(patch_name))
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=feats))
+    return example.SerializeToString(deterministic=True)  # map keys sorted: same bytes in any process
 
 
 _H, _W = IMAGE_SHAPE[:2]
@@ -353,8 +351,6 @@ def _parse_fn(form: str, compact_dtypes: bool):
 
 def record_form(path) -> str:
     """'compact' or 'published' from the keys of the file's first record; ValueError otherwise."""
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: TFRecord file does not exist")
     keys = example_keys(path)
     if COMPACT_KEYS <= keys:
         return "compact"
@@ -370,17 +366,7 @@ def parse_records(paths, *, compact_dtypes: bool = False) -> tf.data.Dataset:
     ``compact_dtypes=True`` (used by the input pipeline to keep its shuffle buffer small) yields
     ``image`` uint8 (published-form values rounded) and maps int8 instead of float32 / int32.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    paths = [str(p) for p in paths]
-    if not paths:
-        raise ValueError("parse_records: no TFRecord paths given")
-    ds = None
-    for p in paths:
-        part = tf.data.TFRecordDataset(p).map(_parse_fn(record_form(p), compact_dtypes),
-                                              num_parallel_calls=tf.data.AUTOTUNE)
-        ds = part if ds is None else ds.concatenate(part)
-    return ds
+    return records_dataset(paths, lambda p: _parse_fn(record_form(p), compact_dtypes))
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -413,16 +399,12 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
     """
     from tqdm import tqdm
 
-    from archives.noise import inject_map_noise
+    from archives.noise import check_levels, inject_map_noise
     from archives.report import PrepReport
 
     t0 = time.time()
-    levels = sorted({int(n) for n in noise_levels})
-    for n in levels:
-        if not 0 < n < 100:
-            raise ValueError(f"noise level {n} is outside 1..99")
-    if schema not in ("compact", "published"):
-        raise ValueError(f"schema must be 'compact' or 'published', got {schema!r}")
+    levels = check_levels(noise_levels)
+    _check_schema(schema)
     out_dir = Path(out_folder) / "TFRecord"
     check_writable(out_dir)
     report = PrepReport(dataset=NAME, out_dir=str(out_dir), schema=schema, seed=seed,
@@ -444,18 +426,18 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
                      images_changed=0) for n in levels}
     written = {k: 0 for k in names}
     misses, resized, disagree = {}, 0, 0
-    scenes = sorted({it.scene for it in items})
     with contextlib.ExitStack() as stack:
         writers = {k: stack.enter_context(atomic_tfrecord_writer(p)) for k, p in names.items()}
         bar = stack.enter_context(tqdm(total=len(items), desc="DLRSD", unit="img", disable=not progress))
-        for scene in scenes:
+        # scan_archive lists items grouped by scene folder, in sorted order
+        for scene, scene_items in itertools.groupby(items, key=lambda i: i.scene):
             train = []  # (stem, image, seg, label, clean bytes)
-            for it in (i for i in items if i.scene == scene):
+            for it in scene_items:
                 bar.update(1)
                 try:
                     image, seg, label, miss, r1, r2 = _load(it, label_table, ml_path)
                 except InvalidInput as e:
-                    _skip_or_raise(skip_invalid, skipped, e.item, e.reason)
+                    skip_or_raise(e, skip_invalid, skipped, e.item, e.reason)
                     continue
                 resized += r1 + r2
                 if miss:
@@ -485,7 +467,7 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
                 raise ValueError(f"{out_dir}: split '{s}' is empty after skipping invalid items")
     report.records = {str(k): v for k, v in written.items()}
     report.noise = {n: PrepReport.noise_entry(**stats[n]) for n in levels}
-    report.skipped = [{"item": i, "reason": r} for i, r in skipped]
+    report.skipped = skipped
     report.palette_misses = {"pixels": int(sum(misses.values())), "maps": len(misses),
                              "per_map": dict(sorted(misses.items()))}
     report.extra.update(resized_files=int(resized), label_map_disagreements=int(disagree))

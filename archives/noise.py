@@ -6,6 +6,15 @@ from typing import Sequence
 import numpy as np
 
 
+def check_levels(levels) -> list[int]:
+    """Noise levels as a sorted list of distinct ints; ValueError naming a level outside 1..99."""
+    out = sorted({int(n) for n in levels})
+    for n in out:
+        if not 0 < n < 100:
+            raise ValueError(f"noise level {n} is outside 1..99 (levels given: {out})")
+    return out
+
+
 def pick_count(pairs_count: int, prcnt: float) -> int:
     """Number of pairs to pick: ``prcnt`` % of ``pairs_count``, rounded half up."""
     return int(np.floor(pairs_count * prcnt / 100.0 + 0.5))

@@ -8,8 +8,6 @@ holds the whole file, as for DLRSD's 1680).
 """
 from __future__ import annotations
 
-import inspect
-
 import tensorflow as tf
 
 from archives import get_archive
@@ -64,11 +62,8 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
     """Batched dicts ready for the model (docs/interfaces.md, "Input pipeline")."""
     arch = get_archive(dataset)
     map_keys = _MAP_KEYS if getattr(arch, "HAS_PIXEL_MAPS", False) else ()
-    # small element dtypes keep the shuffle buffer small; archives opt in through this keyword
-    if "compact_dtypes" in inspect.signature(arch.parse_records).parameters:
-        ds = arch.parse_records(paths, compact_dtypes=True)
-    else:
-        ds = arch.parse_records(paths)
+    # small element dtypes (uint8/uint16 images, int8 maps) keep the shuffle buffer small
+    ds = arch.parse_records(paths, compact_dtypes=True)
     mean = tf.constant(arch.MODEL_MEAN, tf.float32)
     std = tf.constant(arch.MODEL_STD, tf.float32)
     h, w = arch.IMAGE_SHAPE[:2]

@@ -6,6 +6,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from archives.common import atomic_path
+
 
 @dataclass
 class PrepReport:
@@ -38,15 +40,9 @@ class PrepReport:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON atomically (temporary name, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        return Path(path)
 
     def summary(self) -> str:
         lines = [f"{self.dataset} prep ({self.schema} schema, seed {self.seed}) -> {self.out_dir}",

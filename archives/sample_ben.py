@@ -50,9 +50,9 @@ def _names_43_per_class() -> list[list[str]]:
     return out
 
 
-def _render(classes: list[int], rng: np.random.Generator) -> np.ndarray:
-    """float (12, 120, 120) reflectance with one Voronoi region per class."""
-    signature, texture = class_signatures()
+def _render(classes: list[int], rng: np.random.Generator, signature: np.ndarray,
+            texture: np.ndarray) -> np.ndarray:
+    """float (12, 120, 120) reflectance with one Voronoi region per class (``class_signatures``)."""
     size = 120
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     seeds = rng.uniform(0, size, size=(len(classes), 2))
@@ -108,6 +108,7 @@ def write_sample_archive(root, seed: int = 0, n_patches: int = 60) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     per_class = _names_43_per_class()
+    signature, texture = class_signatures()
     cells = rng.choice(100 * 100, size=n_patches, replace=False)
     patches = []
     for i, cell in enumerate(cells):
@@ -118,8 +119,9 @@ def write_sample_archive(root, seed: int = 0, n_patches: int = 60) -> Path:
         classes = sorted(rng.choice(ben.NB_CLASS, size=k, replace=False).tolist())
         labels43 = [per_class[c][int(rng.integers(len(per_class[c])))] for c in classes]
         date = f"{tile[11:15]}-{tile[15:17]}-{tile[17:19]} {tile[20:22]}:{tile[22:24]}:{tile[24:26]}"
-        _write_patch(root, patch, labels43, _render(classes, rng), 400000 + 1200 * col,
-                     5400000 - 1200 * row, tile, date)
+        img = _render(classes, rng, signature, texture)
+        _write_patch(root, patch, labels43, img, 400000 + 1200 * col, 5400000 - 1200 * row, tile,
+                     date)
         patches.append(patch)
     order = rng.permutation(n_patches)
     splits, start = {}, 0

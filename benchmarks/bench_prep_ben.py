@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from archives import ben, sample_ben  # noqa: E402
+from benchmarks.bench_prep import read_rate  # noqa: E402
 
 
 def bench(root: Path, out: Path, schema: str, workers: int, levels: list[int]) -> dict:
@@ -25,12 +26,9 @@ def bench(root: Path, out: Path, schema: str, workers: int, levels: list[int]) -
     prep_s = time.perf_counter() - start
     patches = sum(report.records[s] for s in ben.SPLITS)
     train = out / "TFRecord" / "train.tfrecord"
-    start = time.perf_counter()
-    n = sum(1 for _ in ben.parse_records([train]))
-    parse_s = time.perf_counter() - start
     return {"schema": schema, "patches": patches, "prep_patches_per_s": patches / prep_s,
             "bytes_per_example": train.stat().st_size / report.records["train"],
-            "parse_records_per_s": n / parse_s}
+            "parse_records_per_s": read_rate(ben.parse_records, train)}
 
 
 def main(argv=None) -> int:

@@ -166,6 +166,26 @@ def test_schema_round_trip(tmp_path, schema):
                                   np.clip(np.round(rec["image"]), 0, 65535).astype(np.uint16))
 
 
+def _encoding_digests() -> list[str]:
+    return [hashlib.sha256(ben.encode_example(
+        "p1", _fake_bands(np.random.default_rng(2), schema), ["Pastures"],
+        ben.multi_hot(["Pastures"]), ben.multi_hot(["Mixed forest"]), schema)).hexdigest()
+        for schema in ben.SCHEMAS]
+
+
+def test_encoding_gives_the_same_bytes_in_another_process():
+    """Map-entry order must not depend on the process (protobuf's map order otherwise does)."""
+    import os
+    import subprocess
+    import sys
+
+    script = "from tests.test_ben import _encoding_digests\nprint(*_encoding_digests())\n"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parents[1]),
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.stdout.split()[-2:] == _encoding_digests()
+
+
 def test_compact_is_at_least_1_9x_smaller(tmp_path):
     sizes = {}
     for schema in ben.SCHEMAS:
@@ -389,22 +409,26 @@ def test_empty_split_and_unwritable_output(raw, tmp_path):
         _prep(raw, blocker / "out")
 
 
-def test_interrupted_write_leaves_earlier_files_intact(raw, tmp_path, monkeypatch):
+@pytest.mark.parametrize("during", ["train", "val"])
+def test_interrupted_write_leaves_earlier_files_intact(raw, tmp_path, monkeypatch, during):
     out = tmp_path / "out"
     _prep(raw, out)
     before = {p.name: _digest(p) for p in (out / "TFRecord").glob("*.tfrecord")}
+    # the third train patch, or the first val patch once every train file is complete
+    stop_at = 3 if during == "train" else len((raw / "train.csv").read_text().split()) + 1
     calls = {"n": 0}
     real = ben.encode_examples
 
     def interrupt(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == stop_at:
             raise KeyboardInterrupt
         return real(*a, **k)
 
     monkeypatch.setattr(ben, "encode_examples", interrupt)
     with pytest.raises(KeyboardInterrupt):
         _prep(raw, out, noise_levels=[50, 60])
+    assert calls["n"] == stop_at
     files = sorted(p.name for p in (out / "TFRecord").iterdir())
     assert not [f for f in files if ".tmp" in f]
     assert "train_noise_prcnt60.tfrecord" not in files

@@ -1,9 +1,10 @@
-"""Shared TFRecord helpers: fast float features and the atomic writer."""
+"""Shared archive helpers: fast float features, atomic writers, the record reader, skipping."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from archives.common import atomic_tfrecord_writer, bytes_feature, example_keys, float_feature
+from archives.common import (atomic_path, atomic_tfrecord_writer, bytes_feature, example_keys,
+                             float_feature, records_dataset, skip_or_raise)
 
 
 @pytest.mark.parametrize("n", [0, 1, 17, 127, 128, 16384, 196608])
@@ -39,5 +40,51 @@ def test_example_keys_names_empty_file(tmp_path):
     path = tmp_path / "empty.tfrecord"
     with atomic_tfrecord_writer(path):
         pass
-    with pytest.raises(ValueError, match="empty.tfrecord"):
+    with pytest.raises(ValueError, match="empty.tfrecord: TFRecord file holds no record"):
         example_keys(path)
+    with pytest.raises(ValueError, match="gone.tfrecord: TFRecord file does not exist"):
+        example_keys(tmp_path / "gone.tfrecord")
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    path = tmp_path / "r.json"
+    with atomic_path(path) as tmp:
+        assert tmp.parent == tmp_path and tmp != path
+        tmp.write_text("one")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("two")
+            raise RuntimeError
+    assert path.read_text() == "one" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_records_dataset_keeps_file_order_one_parser_per_file(tmp_path):
+    paths = []
+    for name, values in (("b", [b"b0", b"b1"]), ("a", [b"a0"])):
+        paths.append(tmp_path / f"{name}.tfrecord")
+        with atomic_tfrecord_writer(paths[-1]) as w:
+            for v in values:
+                w.write(v)
+    asked = []
+
+    def parser_for(path):
+        asked.append(path)
+        tag = tf.constant(path[-10:-9])  # the file's one-letter name
+        return lambda raw: tf.strings.join([tag, raw], ":")
+
+    got = [x.decode() for x in records_dataset(paths, parser_for).as_numpy_iterator()]
+    assert got == ["b:b0", "b:b1", "a:a0"] and asked == [str(p) for p in paths]
+    assert [x.decode() for x in records_dataset(paths[1], parser_for).as_numpy_iterator()] == ["a:a0"]
+    with pytest.raises(ValueError, match="no TFRecord paths given"):
+        records_dataset([], parser_for)
+
+
+def test_skip_or_raise(tmp_path):
+    skipped = []
+    err = ValueError("x.tif: broken")
+    with pytest.raises(ValueError) as raised:
+        skip_or_raise(err, False, skipped, tmp_path / "x", "broken")
+    assert raised.value is err and skipped == []
+    with pytest.warns(UserWarning, match="skipped: x.tif: broken"):
+        skip_or_raise(err, True, skipped, tmp_path / "x", "broken")
+    assert skipped == [{"item": str(tmp_path / "x"), "reason": "broken"}]

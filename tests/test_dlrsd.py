@@ -1,5 +1,7 @@
 """DLRSD archive: split rule, palette, noise, schema, prep end to end and bad input."""
+import hashlib
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -88,8 +90,9 @@ def test_inject_map_noise_invariants():
     rng = np.random.default_rng(0)
     maps = [rng.integers(0, 17, (16, 16)).astype(np.int8) for _ in range(40)]
     maps[0][:] = 2  # one single-class image
+    maps[1][maps[1] == 5] = 4
     labels = np.array([dlrsd.classes_present(m) for m in maps])
-    labels[1, 5] = 1 if not labels[1, 5] else labels[1, 5]  # may name a class absent from the map
+    labels[1, 5] = 1  # a label naming a class absent from the map: picking it changes nothing
     noisy, st = noise.inject_map_noise(maps, labels, 40, np.random.default_rng(3), 17)
     assert st["pairs_total"] == int(labels.sum())
     assert st["pairs_picked"] == noise.pick_count(st["pairs_total"], 40)
@@ -121,6 +124,17 @@ def test_noise_rate_matches_level(prcnt):
     assert st["pairs_changed"] == st["pairs_picked"] == noise.pick_count(st["pairs_total"], prcnt)
 
 
+def test_noise_levels_checked(tmp_path):
+    assert noise.check_levels([30, 10, 30]) == [10, 30]
+    for bad in (0, 100):
+        with pytest.raises(ValueError, match=f"noise level {bad} is outside 1..99"):
+            noise.check_levels([10, bad])
+    with pytest.raises(ValueError, match="noise level 100"):
+        dlrsd.prepare(tmp_path / "ucm", tmp_path / "dlrsd", tmp_path / "out", noise_levels=[100],
+                      progress=False)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
 # ----------------------------------------------------------------------------- schema
 def _example(rng, name="x01"):
     image = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
@@ -150,6 +164,24 @@ def test_schema_round_trip(tmp_path, schema):
         np.testing.assert_array_equal(g["label"], label)
         np.testing.assert_array_equal(g["noisy_label"], nlabel)
         assert g["patch_name"] == name.encode()
+
+
+def test_encoding_gives_the_same_bytes_in_another_process():
+    """Map-entry order must not depend on the process (protobuf's map order otherwise does)."""
+    import subprocess
+    import sys
+    script = ("import hashlib, numpy as np\n"
+              "from archives import dlrsd\n"
+              "from tests.test_dlrsd import _example\n"
+              "for schema in ('compact', 'published'):\n"
+              "    e = _example(np.random.default_rng(4))\n"
+              "    print(hashlib.sha256(dlrsd.encode_example(*e, schema=schema)).hexdigest())\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=str(root), env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    here = [hashlib.sha256(dlrsd.encode_example(*_example(np.random.default_rng(4)), schema=s))
+            .hexdigest() for s in ("compact", "published")]
+    assert out.stdout.split()[-2:] == here
 
 
 def test_compact_is_at_least_3x_smaller():
@@ -261,7 +293,9 @@ def test_published_schema_prep_reads_back_equal(copy, prepped, tmp_path):
     pub = tmp_path / "TFRecord" / "val.tfrecord"
     assert dlrsd.record_form(pub) == "published"
     assert pub.stat().st_size > 3 * (out / "val.tfrecord").stat().st_size
-    for a, b in zip(_read_all(pub), _read_all(out / "val.tfrecord")):
+    pub_recs, compact_recs = _read_all(pub), _read_all(out / "val.tfrecord")
+    assert len(pub_recs) == len(compact_recs) == 3
+    for a, b in zip(pub_recs, compact_recs):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
 
@@ -313,7 +347,8 @@ def test_unreadable_image(copy, tmp_path):
     with pytest.warns(UserWarning):
         r = _prep(copy, tmp_path, skip_invalid=True)
     assert r.records["train"] == 20 and r.records["50"] == 20
-    assert r.skipped == [{"item": str(bad), "reason": r.skipped[0]["reason"]}]
+    assert len(r.skipped) == 1 and r.skipped[0]["item"] == str(bad)
+    assert r.skipped[0]["reason"].startswith("cannot read image (")
 
 
 def test_colours_outside_palette_become_unlabelled(copy, tmp_path):

@@ -92,10 +92,12 @@ def test_same_seed_epoch_same_batches_other_epoch_differs(records):
         return _elements(make_dataset(records, "DLRSD", training=True, batch_size=4, seed=seed, epoch=epoch))
 
     a, b = run(3, 2), run(3, 2)
+    assert len(a) == len(b) == N
     for x, y in zip(a, b):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
     for other in (run(3, 3), run(4, 2)):
+        assert len(other) == N
         assert ([e["patch_name"] for e in other] != [e["patch_name"] for e in a]
                 or any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, other)))
     assert sorted(e["patch_name"] for e in a) == [f"img{k:02d}".encode() for k in range(N)]
@@ -107,6 +109,7 @@ def test_augmentation_depends_on_element_not_position(records):
         make_dataset(records, "DLRSD", training=True, batch_size=4, seed=7, epoch=1))}
     small = _elements(make_dataset(records, "DLRSD", training=True, batch_size=4, seed=7, epoch=1,
                                    shuffle_buffer=2))
+    assert len(small) == len(full) == N
     for e in small:
         np.testing.assert_array_equal(e["image"], full[e["patch_name"]]["image"])
 
