@@ -19,6 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from atomic_files import write_json_atomic  # noqa: E402
 from evaluation.distances import METRICS, chi2_backend  # noqa: E402
 from evaluation.evaluate import evaluate  # noqa: E402
 from evaluation.features import FeatureFileError, ensure_features, read_features  # noqa: E402
@@ -100,7 +101,13 @@ def run_config(path: str, args) -> tuple[str, dict]:
     cfg_path = Path(path)
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object (a dumped run config), "
+                         f"got {type(cfg).__name__}")
     missing = [k for k in CONFIG_KEYS if k not in cfg]
     if "dumps" in cfg and "features" not in (cfg["dumps"] or {}):
         missing.append("dumps.features")
@@ -128,16 +135,8 @@ def run_config(path: str, args) -> tuple[str, dict]:
                 args.plot_dir or out_dir / "plots")
     res["run_name"] = cfg["run_name"]
     res["config"] = str(cfg_path)
-    write_json(out_dir / "retrieval.json", res)
+    write_json_atomic(out_dir / "retrieval.json", res)
     return cfg["run_name"], res
-
-
-def write_json(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -175,8 +174,8 @@ def main(argv=None) -> int:
               f"{res['metric']}, K={res['max_topk']}, {res['ranking_seconds']} s")
     print(format_table(results))
     if args.json:
-        write_json(args.json, results["result"] if len(results) == 1 and not args.configs
-                   else results)
+        write_json_atomic(args.json, results["result"] if len(results) == 1 and not args.configs
+                          else results)
     return 0
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from atomic_files import atomic_path, write_json_atomic
 from config import Config, ConfigError
 
 MAX_CHECKPOINTS = 3
@@ -149,29 +150,10 @@ def _write_scalars(writer, prefix: str, values: Mapping[str, float], step: int) 
             tf.summary.scalar(f"{prefix}/{key}", value)
 
 
-def _atomic_write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_feature_model(model: keras.Model, path: Path) -> None:
     """Save the retrieval model as a .keras file under a temporary name, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
+    with atomic_path(path) as tmp:
         model.save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def evaluate(eval_step: Callable, cfg: Config, paths) -> dict[str, float]:
@@ -207,10 +189,9 @@ class _Run:
         with strategy.scope():
             self.model = models.build_model(cfg)
             self.optimizer = make_optimizer(cfg)
+            # builds the optimizer over every trainable variable (before any restore)
             self.train_step = make_train_step(self.model, self.optimizer, cfg,
                                               strategy=strategy if self.distributed else None)
-            if not self.optimizer.built:
-                self.optimizer.build(self.model.trainable_variables)
         # run counters live outside the strategy (plain host variables, not mirrored)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
@@ -292,20 +273,22 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
             with bar:
                 for batch in ds:
                     values = _to_numbers(strategy, run.train_step(batch))
-                    step = _iterations(run.optimizer)
+                    steps += 1
+                    # each step applies the optimizer once: its counter, without another read
+                    step = epoch_start_iter + skip + steps
                     bad = _first_non_finite(values)
                     if bad is not None:
                         last = run.manager.latest_checkpoint or "none (no epoch finished)"
                         raise TrainingDiverged(
                             f"non-finite {bad} = {values[bad]} at epoch {epoch + 1}, step "
-                            f"{step - epoch_start_iter} of the epoch (global step {step}); "
+                            f"{skip + steps} of the epoch (global step {step}); "
                             f"stopped without saving. Last good checkpoint: {last}")
                     _write_scalars(writer, "train", values, step)
-                    steps += 1
                     for key, value in values.items():
                         sums[key] = sums.get(key, 0.0) + value
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sums.get('loss', 0.0) / steps:.4f}")
+                    if show_progress:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{sums.get('loss', 0.0) / steps:.4f}")
             n_batches = steps + skip
             epoch_means = {k: v / steps for k, v in sums.items()} if steps else {}
             run.epoch.assign(epoch + 1)
@@ -336,11 +319,12 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
         feature_path = cfg.feature_model_path
         save_feature_model(run.model.feature_model, feature_path)
         dump_path = cfg.config_dump_path
-        final = {**epoch_means, **{f"val_{k}": v for k, v in val.items()}}
         if start_epoch == end_epoch:  # nothing trained in this call: keep the earlier metrics
             final = _previous_final_metrics(dump_path)
-        _atomic_write_json(dump_path, cfg.dump_dict(training_time_s=round(float(run.time_s), 3),
-                                                    final_metrics=final))
+        else:
+            final = {**epoch_means, **{f"val_{k}": v for k, v in val.items()}}
+        write_json_atomic(dump_path, cfg.dump_dict(training_time_s=round(float(run.time_s), 3),
+                                                   final_metrics=final))
     return RunResult(cfg, done, completed, float(run.time_s), epoch_means, val,
                      feature_path, dump_path, run.model, run.optimizer)
 

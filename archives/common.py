@@ -10,6 +10,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from atomic_files import atomic_path
+
 
 def _varint(n: int) -> bytes:
     """Protobuf base-128 varint encoding of a non-negative integer."""
@@ -50,23 +52,6 @@ def example_keys(path: str | os.PathLike) -> set[str]:
     for raw in tf.data.TFRecordDataset(str(path)).take(1):
         return set(tf.train.Example.FromString(raw.numpy()).features.feature.keys())
     raise ValueError(f"{path}: TFRecord file holds no record")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary sibling of ``path`` to write; renamed onto ``path`` when the block succeeds.
-
-    On any exception (including KeyboardInterrupt) the temporary file is removed and
-    whatever already stood at ``path`` is left untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @contextlib.contextmanager

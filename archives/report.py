@@ -1,12 +1,11 @@
 """The prep report: what a prep run wrote, the realised noise, what it skipped; JSON beside the records."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from archives.common import atomic_path
+from atomic_files import write_json_atomic
 
 
 @dataclass
@@ -40,8 +39,7 @@ class PrepReport:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON atomically (temporary name, then rename)."""
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
         return Path(path)
 
     def summary(self) -> str:

@@ -45,7 +45,7 @@ def make_batch(B, size, nb_class, seed=0):
 def eager_published_step(model, optimizer, cfg):
     """The published loop's shape: eager, one tape, three apply_gradients per batch."""
     g = model.groups
-    B_kl = float(cfg.kl_weight)
+    kl_weight = float(cfg.kl_weight)
 
     def step(batch):
         seed = model.noise_seed(optimizer.iterations)
@@ -53,7 +53,7 @@ def eager_published_step(model, optimizer, cfg):
             res = model.per_sample_losses(batch, training=True, seed=seed)
             n = tf.cast(tf.shape(res["dis"])[0], tf.float32)
             dis = tf.reduce_mean(res["dis"])
-            gen = tf.reduce_mean(res["gen"] + res["recon"] + B_kl * res["kl"])
+            gen = tf.reduce_mean(res["gen"] + res["recon"] + kl_weight * res["kl"])
             hyb = tf.reduce_sum(res["gen"] * res["noisy"] + res["dis"] * (1 - res["noisy"])) / n
         for loss, vs in ((dis, g["discriminative"]), (gen, g["generative"]),
                          (hyb, g["backbone"])):

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from atomic_files import atomic_path
+
 METRICS = ("chi2", "euclidean", "cosine")
 EPS = 1e-10
 _SRC = Path(__file__).with_name("_chi2_kernel.c")
@@ -62,14 +64,12 @@ def _load_c():
     lib_path = _cache_dir() / f"chi2_{key}.so"
     try:
         if not lib_path.exists():
-            lib_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = lib_path.with_name(f"{lib_path.name}.tmp-{os.getpid()}")
             cc = os.environ.get("CC", "cc")
-            cmd = [cc, "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
-                   "-fassociative-math", "-fno-signed-zeros", "-shared", "-fPIC",
-                   str(_SRC), "-o", str(tmp)]
-            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-            os.replace(tmp, lib_path)
+            with atomic_path(lib_path) as tmp:  # no half-written library on failure
+                cmd = [cc, "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
+                       "-fassociative-math", "-fno-signed-zeros", "-shared", "-fPIC",
+                       str(_SRC), "-o", str(tmp)]
+                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
         lib = ctypes.CDLL(str(lib_path))
         p = ctypes.POINTER(ctypes.c_float)
         lib.chi2_block.argtypes = [p, p, p, ctypes.c_long, ctypes.c_long, ctypes.c_long]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import h5py
 import numpy as np
+
+from atomic_files import atomic_path
 
 FINITE_CHUNK = 65536
 
@@ -69,22 +70,14 @@ def fingerprint(model_path, record_paths: Sequence) -> dict:
 
 def write_features(path, feature, label, patch_name, fp: dict | None = None) -> None:
     """Write a feature file atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("feature", data=np.asarray(feature, np.float32))
-            f.create_dataset("label", data=np.asarray(label, np.float32))
-            names = [n if isinstance(n, bytes) else str(n).encode() for n in patch_name]
-            f.create_dataset("patch_name", data=np.array(names, dtype=object),
-                             dtype=h5py.string_dtype("utf-8"))
-            if fp is not None:
-                f.attrs["fingerprint"] = json.dumps(fp, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("feature", data=np.asarray(feature, np.float32))
+        f.create_dataset("label", data=np.asarray(label, np.float32))
+        names = [n if isinstance(n, bytes) else str(n).encode() for n in patch_name]
+        f.create_dataset("patch_name", data=np.array(names, dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+        if fp is not None:
+            f.attrs["fingerprint"] = json.dumps(fp, sort_keys=True)
 
 
 def stored_fingerprint(path) -> dict | None:
@@ -132,13 +125,14 @@ def read_features(path, in_memory: bool = True, check: bool = True) -> FeatureSe
                 raise FeatureFileError(f"{path}: {feat.shape[0]} features but {len(names)} patch names")
         else:
             names = np.array([str(i).encode() for i in range(feat.shape[0])], dtype=object)
+        label = label[()].astype(np.float32)
+        if in_memory:  # read once; the finite check then runs on the array
+            feat = feat[()].astype(np.float32)
         if check:
             check_finite(path, feat)
-        label = label[()].astype(np.float32)
         if in_memory:
-            out = FeatureSet(path, feat[()].astype(np.float32), label, names)
             handle.close()
-            return out
+            return FeatureSet(path, feat, label, names)
         return FeatureSet(path, feat, label, names, handle)
     except Exception:
         handle.close()

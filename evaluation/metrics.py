@@ -55,10 +55,14 @@ def archive_gains(query_labels, archive_labels, kmax: int, chunk: int = 16384):
         s = np.rint(q @ a[a0:a0 + chunk].T).astype(np.int32)
         for v in range(1, c + 1):
             count_ge[:, v] += (s >= v).sum(1)
-    ranks = np.arange(kmax)
-    # the s value at rank r (0-based) is the number of levels v >= 1 with count_ge[v] > r
-    ideal = (count_ge[:, 1:, None] > ranks[None, None, :]).sum(1, dtype=np.int32)
-    return count_ge[:, 1], ideal
+    return count_ge[:, 1], _descending_from_counts(count_ge[:, 1:], kmax)
+
+
+def _descending_from_counts(count_ge: np.ndarray, k: int) -> np.ndarray:
+    """count_ge (n, L): per row, how many entries reach level v = 1..L -> the k largest
+    entries of each row, descending (n, k) int32: the value at rank r (0-based) is the number
+    of levels that more than r entries reach."""
+    return (count_ge[:, :, None] > np.arange(k)[None, None, :]).sum(1, dtype=np.int32)
 
 
 def _discounts(k: int) -> np.ndarray:
@@ -80,14 +84,13 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def top_values(s: np.ndarray, k: int) -> np.ndarray:
     """The k largest values of each row of s (n, K) small nonnegative ints, descending (n, k).
 
-    Counting instead of sorting: the value at rank r is the number of levels v >= 1 that more
-    than r entries reach.
+    Counting instead of sorting (see ``_descending_from_counts``).
     """
     s = np.asarray(s)
     top = int(s.max(initial=0))
     count_ge = np.stack([(s >= v).sum(1) for v in range(1, top + 1)], 1) if top else \
         np.zeros((s.shape[0], 0), np.int64)
-    return (count_ge[:, :, None] > np.arange(k)[None, None, :]).sum(1, dtype=np.int32)
+    return _descending_from_counts(count_ge, k)
 
 
 def ndcg_published(s: np.ndarray, k: int, ideal: np.ndarray | None = None) -> np.ndarray:

@@ -31,14 +31,16 @@ def load_images(record_paths: Sequence[str], dataset: str, indices) -> dict[int,
     if not wanted:
         return out
     last = max(wanted)
+    count = 0
     for i, ex in enumerate(get_archive(dataset).parse_records(list(record_paths))):
+        count = i + 1
         if i in wanted:
             out[i] = to_rgb(ex["image"].numpy(), dataset)
         if i >= last:
             break
     missing = wanted - set(out)
     if missing:
-        raise ValueError(f"{list(record_paths)}: only {i + 1} records, need index {max(missing)}")
+        raise ValueError(f"{list(record_paths)}: only {count} records, need index {max(missing)}")
     return out
 
 
@@ -90,8 +92,8 @@ def plot_results(out_dir, dataset: str, query_records, archive_records, topk_ind
     a_imgs = load_images(archive_records, dataset, np.unique(top))
     paths = []
     for i, row in enumerate(top):
-        name = query_names[i].decode() if query_names is not None and isinstance(
-            query_names[i], bytes) else str(query_names[i] if query_names is not None else i)
+        name = i if query_names is None else query_names[i]
+        name = name.decode() if isinstance(name, bytes) else str(name)
         path = Path(out_dir) / f"query_{i:05d}.png"
         plot_query(path, q_imgs[i], query_labels[i], [a_imgs[j] for j in row],
                    [archive_labels[j] for j in row], class_names, title=f"query {i}: {name}")

@@ -5,8 +5,7 @@ import os
 import keras
 from keras import layers
 
-BACKBONES = ("densenet121", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
-             "mobilenet_v2", "small_cnn")
+from config import BACKBONES  # the names a config may give; every one is built here
 
 _APPS = {
     "densenet121": "DenseNet121", "resnet50": "ResNet50", "resnet101": "ResNet101",

@@ -3,6 +3,8 @@
 Shapes: images (B, H, W, Cin) float32 normalised; ``feature`` (B, F) pooled (BCE, RRL) or
 (B, h, w, F) map (PCE); latent mu / std / z (B, E) or (B, h, w, E).
 """
+import contextlib
+
 import keras
 import tensorflow as tf
 from keras import layers
@@ -43,8 +45,7 @@ class GridModel:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.variant_name, grid = _variant_name(cfg.model_name)
-        self.is_grid = bool(getattr(cfg, "is_grid", grid))
+        self.variant_name, self.is_grid = _variant_name(cfg.model_name)
         self.variant = VARIANTS[self.variant_name]
         self.pooled = self.variant.POOLED
         self.seed = int(getattr(cfg, "seed", 0) or 0)
@@ -190,13 +191,9 @@ def make_train_step(model, optimizer, cfg, strategy=None):
     """
     kl_weight = float(getattr(cfg, "kl_weight", 1.0))
     g = model.groups
-    all_vars = g["backbone"] + g["discriminative"] + g["generative"]
     if not optimizer.built:
-        if strategy is not None:
-            with strategy.scope():
-                optimizer.build(all_vars)
-        else:
-            optimizer.build(all_vars)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            optimizer.build(model.trainable_variables)
 
     def replica_step(batch):
         replica_id, global_b = _global_batch(batch)

@@ -9,10 +9,10 @@ POOLED = True
 
 
 def build_head(in_shape, cfg, name):
-    """in_shape: (F,) or (E,). Returns keras.Model (B, F) -> (B, out_size), ReLU output."""
-    out_size = cfg.nb_class * (cfg.nb_class + 1) // 2
+    """in_shape: (F,) or (E,). Returns keras.Model (B, F) -> (B, cfg.out_size = C(C+1)/2), ReLU
+    output."""
     inp = keras.Input(shape=tuple(in_shape), name=f"{name}_in")
-    out = layers.Dense(out_size, activation="relu", name=f"{name}_relations")(inp)
+    out = layers.Dense(cfg.out_size, activation="relu", name=f"{name}_relations")(inp)
     return keras.Model(inp, out, name=name)
 
 

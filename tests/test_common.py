@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from archives.common import (atomic_path, atomic_tfrecord_writer, bytes_feature, example_keys,
+from atomic_files import atomic_path
+from archives.common import (atomic_tfrecord_writer, bytes_feature, example_keys,
                              float_feature, records_dataset, skip_or_raise)
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from atomic_files import atomic_path, write_json_atomic
 from config import Config, ConfigError, OUTPUT_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,3 +147,16 @@ def test_shipped_configs_are_valid():
     for name in ("demo_grid_bce", "demo_bce"):
         cfg = Config.from_json(ROOT / "configs" / f"{name}.json")
         assert cfg.backbone == "small_cnn" and cfg.dataset == "DLRSD" and cfg.noise_prcnt == 50
+
+
+def test_atomic_writes_replace_whole_or_keep_the_old_file(tmp_path):
+    path = tmp_path / "sub" / "out.json"
+    write_json_atomic(path, {"a": [1, 2]})  # creates the folder
+    assert path.read_text() == '{\n  "a": [\n    1,\n    2\n  ]\n}\n'
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(path) as tmp:
+            assert tmp.parent == path.parent and tmp.suffix == ".json" and tmp != path
+            tmp.write_text("half")
+            raise KeyboardInterrupt
+    assert json.loads(path.read_text()) == {"a": [1, 2]}  # old content kept
+    assert sorted(p.name for p in path.parent.iterdir()) == ["out.json"]  # no temporary left

@@ -88,7 +88,7 @@ def test_select_topk_tie_at_boundary():
     assert idx.tolist() == [[8, 3, 7]] and dist.tolist() == [[0.0, 1.0, 1.0]]
 
 
-def test_topk_from_hdf5_and_nan(tmp_path):
+def test_topk_from_hdf5(tmp_path):
     rng = np.random.default_rng(2)
     a = rng.random((50, 8), dtype=np.float32)
     q = rng.random((9, 8), dtype=np.float32)
@@ -241,8 +241,10 @@ def test_feature_file_roundtrip_and_errors(tmp_path):
         read_features(bad)
     feat[1, 2] = np.nan
     write_features(bad, feat, np.eye(3), ["a", "b", "c"])
-    with pytest.raises(FeatureFileError, match="bad.h5: feature holds NaN or Inf values .*row 1"):
-        read_features(bad)
+    for in_memory in (True, False):  # checked on the loaded array / block by block on disk
+        with pytest.raises(FeatureFileError,
+                           match="bad.h5: feature holds NaN or Inf values .*row 1"):
+            read_features(bad, in_memory=in_memory)
     with pytest.raises(FeatureFileError, match="nope.h5: feature file not found"):
         read_features(tmp_path / "nope.h5")
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")

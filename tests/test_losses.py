@@ -46,7 +46,7 @@ def test_relations_4x4_hand_computed_with_absent_class():
 
 def test_relations_unlabelled_map_is_zero_and_bad_ids_raise():
     assert not relation_targets(-np.ones((2, 3, 3), int), 4).any()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"class ids must lie in \[-1, 4\), got \[5, 5\]"):
         relation_targets(np.full((1, 2, 2), 5), 4)
 
 

@@ -155,6 +155,12 @@ def test_config_mode_bad_config(tmp_path, capsys):
     assert "c.json: config lacks key(s)" in capsys.readouterr().err
     assert retrieval.main([str(tmp_path / "none.json")]) == 2
     assert "none.json: config file not found" in capsys.readouterr().err
+    cfg_path.write_text("{broken")
+    assert retrieval.main([str(cfg_path)]) == 2
+    assert "c.json: not valid JSON" in capsys.readouterr().err
+    cfg_path.write_text("[1, 2]")
+    assert retrieval.main([str(cfg_path)]) == 2
+    assert "c.json: expected a JSON object" in capsys.readouterr().err
 
 
 def test_plot_needs_records(tmp_path, capsys):
@@ -164,8 +170,10 @@ def test_plot_needs_records(tmp_path, capsys):
     assert "--plot skipped" in capsys.readouterr().err
 
 
-def test_usage_errors():
-    with pytest.raises(SystemExit):
+def test_usage_errors(capsys):
+    with pytest.raises(SystemExit) as info:
         retrieval.main(["--query-features", "q.h5"])
-    with pytest.raises(SystemExit):
+    assert info.value.code == 2 and "go together" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
         retrieval.main([])
+    assert info.value.code == 2 and "either run configs" in capsys.readouterr().err

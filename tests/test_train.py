@@ -69,6 +69,13 @@ def summary_tags(logdir: Path) -> set[str]:
     return tags
 
 
+def summary_steps(logdir: Path, tag: str) -> list[int]:
+    """Sorted global steps at which ``tag`` was written."""
+    return sorted(event.step for path in logdir.rglob("events.out.tfevents.*")
+                  for event in tf.compat.v1.train.summary_iterator(str(path))
+                  for v in event.summary.value if v.tag == tag)
+
+
 def all_weights(result) -> list[np.ndarray]:
     model_vars = [v for m in result.model.keras_models.values() for v in m.weights]
     return [np.asarray(v) for v in model_vars + list(result.optimizer.variables)]
@@ -101,6 +108,8 @@ def test_grid_bce_outputs_and_fresh_process_load(straight, tmp_path):
     assert result.completed and result.epochs_done == 2
     check_outputs(cfg, grid=True)
     assert set(result.train_metrics) >= {"dis_loss", "sel_precision", "sel_recall"}
+    assert summary_steps(cfg.summaries_dir, "train/loss") == [1, 2, 3, 4]  # optimizer steps
+    assert summary_steps(cfg.summaries_dir, "val/loss") == [2, 4]
     x = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)
     expected = result.model.feature_model(x, training=False).numpy()
@@ -144,6 +153,9 @@ def test_resume_and_interrupt_reach_the_uninterrupted_weights(straight, records,
     for a, b in zip(all_weights(final), all_weights(ref), strict=True):
         np.testing.assert_array_equal(a, b)
     assert final.training_time_s > first.training_time_s
+    # 1, 2 from the first call; step 3 ran (and was checkpointed) but Ctrl-C came before it
+    # was logged; the resumed call skips its batch and logs step 4
+    assert summary_steps(cfg.summaries_dir, "train/loss") == [1, 2, 4]
 
 
 @pytest.mark.parametrize("model_name", ["GRID-PCE", "GRID-RRL", "BCE"])
