@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from config import Config  # noqa: E402  (needs ROOT on the path when run from elsewhere)
+
 DEMO = Path("dumps/demo")
 CONFIGS = {
     "DLRSD": ["configs/demo_grid_bce.json", "configs/demo_bce.json"],
@@ -48,15 +51,6 @@ def prepare(dataset: str) -> None:
                  "-test", str(raw / "test.csv"), "--noise-levels", str(NOISE)])
 
 
-def dumped_config(config_path: str) -> Path:
-    """Where train.py dumps the final config of the run that `config_path` describes."""
-    sys.path.insert(0, str(ROOT))
-    from config import Config
-
-    cfg = Config.from_json(ROOT / config_path)
-    return ROOT / cfg.dumps["configs"] / f"{cfg.run_name}.json"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", choices=sorted(CONFIGS), default="DLRSD")
@@ -65,35 +59,26 @@ def main() -> None:
     start = time.time()
 
     prepare(args.dataset)
-    dumps = []
-    for config_path in CONFIGS[args.dataset]:
-        dumped_path = dumped_config(config_path)
-        if not dumped_path.exists():
-            run(["train.py", config_path])
-        run(["retrieval.py", str(dumped_path.relative_to(ROOT)), "--plot", str(args.plot)])
-        dumps.append(json.loads(dumped_path.read_text()))
-    rows = [summary_row(d) for d in dumps]
+    cfgs = [Config.from_json(ROOT / path) for path in CONFIGS[args.dataset]]
+    for path, cfg in zip(CONFIGS[args.dataset], cfgs):
+        if not (ROOT / cfg.config_dump_path).exists():
+            run(["train.py", path])
+        run(["retrieval.py", str(cfg.config_dump_path), "--plot", str(args.plot)])
 
-    print_table(rows)
-    for dumped in dumps:
-        print(f"pictures: {features_dir(dumped) / 'plots'}")
+    print_table([summary_row(cfg) for cfg in cfgs])
+    for cfg in cfgs:
+        print(f"pictures: {cfg.features_dir / 'plots'}")
     print(f"\nDemo finished in {time.time() - start:.0f} s. Results are from a synthetic "
           f"sample archive, not from {args.dataset} itself.")
 
 
-def features_dir(dumped: dict) -> Path:
-    """Where retrieval.py writes the features, results and pictures of a dumped run."""
-    return Path(dumped["dumps"]["features"]) / dumped["run_name"]
-
-
-def summary_row(dumped: dict) -> dict:
-    """One table row from a dumped config and the retrieval results saved beside its features."""
-    results_path = ROOT / features_dir(dumped) / "retrieval.json"
-    results = json.loads(results_path.read_text())["metrics"]
-    final = dumped.get("final_metrics", {})
+def summary_row(cfg: Config) -> dict:
+    """One table row from a run's dumped config and the retrieval results beside its features."""
+    results = json.loads((ROOT / cfg.features_dir / "retrieval.json").read_text())["metrics"]
+    final = json.loads((ROOT / cfg.config_dump_path).read_text()).get("final_metrics", {})
     return {
-        "model": dumped["model_name"],
-        "noise %": dumped["noise_prcnt"],
+        "model": cfg.model_name,
+        "noise %": cfg.noise_prcnt,
         "NDCG@20": results.get("NDCG@20"),
         "mAP@20": results.get("mAP@20"),
         "sel. precision": final.get("sel_precision"),
