@@ -1,0 +1,381 @@
+"""BigEarthNet v2.0 (reBEN): layout recognition, parquet metadata, CORINE code table, patch
+readers, the sample archive, pixel-map noise, bad input."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+
+from archives import ben, sample_benv2
+from archives import benv2_layout as v2
+from archives.ben import InvalidPatch
+
+N_PATCHES, N_EXCLUDED = 16, 3
+SPEC_COLUMNS = ["patch_id", "labels", "split", "country", "s1_name", "s2v1_name",
+                "contains_seasonal_snow", "contains_cloud_or_shadow"]
+
+
+@pytest.fixture(scope="module")
+def sample_root(tmp_path_factory):
+    return sample_benv2.write_sample_archive(tmp_path_factory.mktemp("benv2") / "raw", seed=5,
+                                             n_patches=N_PATCHES, n_excluded=N_EXCLUDED)
+
+
+@pytest.fixture(scope="module")
+def meta(sample_root):
+    return v2.read_metadata(v2.Layout.at(sample_root))
+
+
+@pytest.fixture
+def raw(sample_root, tmp_path):
+    """A private copy of the sample archive that a test may damage."""
+    return Path(shutil.copytree(sample_root, tmp_path / "raw"))
+
+
+def _rows(root):
+    return pq.read_table(Path(root) / v2.METADATA).to_pylist()
+
+
+def _write_rows(root, rows, name=v2.METADATA, drop=()):
+    table = pa.Table.from_pylist(rows)
+    if drop:
+        table = table.drop_columns(list(drop))
+    pq.write_table(table, Path(root) / name)
+
+
+def _write_tif(path, data):
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0],
+                       count=1, dtype=data.dtype.name, crs="EPSG:32633",
+                       transform=rasterio.Affine(10, 0, 300000, 0, -10, 5500000)) as dst:
+        dst.write(data, 1)
+
+
+# ------------------------------------------------------------------ CORINE code table
+
+# SPEC section 7, written out again here rather than imported
+SPEC_TABLE = {0: [111, 112], 1: [121], 2: [211, 212, 213], 3: [221, 222, 223, 241], 4: [231],
+              5: [242], 6: [243], 7: [244], 8: [311], 9: [312], 10: [313], 11: [321, 333],
+              12: [322, 323], 13: [324], 14: [331], 15: [411, 412], 16: [421, 422],
+              17: [511, 512], 18: [521, 522, 523]}
+SPEC_UNLABELLED = [122, 123, 124, 131, 132, 133, 141, 142, 332, 334, 335, 423, 999]
+
+
+def test_code_table_every_spec_code():
+    for cls, codes in SPEC_TABLE.items():
+        for code in codes:
+            assert v2.codes_to_classes(np.array([code], np.uint16))[0] == cls, code
+            assert v2.CORINE_TO_CLASS[code] == cls
+    assert sum(len(c) for c in SPEC_TABLE.values()) == len(v2.CORINE_TO_CLASS) == 32
+    assert (v2.codes_to_classes(np.array(SPEC_UNLABELLED, np.uint16)) == -1).all()
+    # the 44 CORINE level-3 codes are exactly the mapped ones plus the unlabelled ones
+    assert len(set(v2.CORINE_TO_CLASS) | set(SPEC_UNLABELLED)) == 45
+    # class names line up with the nomenclature order of archives.ben
+    assert ben.CLASS_NAMES[v2.CORINE_TO_CLASS[231]] == "Pastures"
+    assert ben.CLASS_NAMES[v2.CORINE_TO_CLASS[333]] == "Natural grassland and sparsely vegetated areas"
+    assert ben.CLASS_NAMES[v2.CORINE_TO_CLASS[523]] == "Marine waters"
+
+
+def test_code_table_is_vectorised_and_total():
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    ids = v2.codes_to_classes(every)
+    assert ids.shape == (256, 256) and ids.dtype == np.int8
+    assert int((ids >= 0).sum()) == 32  # every other uint16 value is unlabelled
+    expect = np.array([[0, 999], [313, 65535]], np.uint16)
+    np.testing.assert_array_equal(v2.codes_to_classes(expect), [[-1, -1], [10, -1]])
+    wide = np.array([-5, 111, 70000, 523], np.int64)  # other integer dtypes too
+    np.testing.assert_array_equal(v2.codes_to_classes(wide), [-1, 0, -1, 18])
+
+
+def test_band_stats_constants():
+    assert set(v2.BAND_STATS["mean"]) == set(ben.BAND_NAMES) | {"VV", "VH"}
+    assert set(v2.BAND_STATS["std"]) == set(v2.BAND_STATS["mean"])
+    assert v2.BAND_STATS["mean"]["B04"] == 588.41 and v2.BAND_STATS["std"]["B12"] == 814.09
+    assert v2.BAND_STATS["mean"]["VV"] == -12.64 and v2.BAND_STATS["std"]["VH"] == 5.59
+    assert v2.S1_BANDS == ("VV", "VH")
+
+
+# ------------------------------------------------------------------ layout and metadata
+
+def test_detect_layout(sample_root, raw, tmp_path):
+    assert v2.detect_layout(sample_root) == "v2"
+    v1 = tmp_path / "v1"
+    (v1 / "S2A_MSIL2A_20170613T101031_0_48").mkdir(parents=True)
+    assert v2.detect_layout(v1) == "v1"
+    with pytest.raises(ValueError, match="does not exist"):
+        v2.detect_layout(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=f"give its parent {raw}"):
+        v2.detect_layout(raw / v2.S2_DIR)
+    (raw / v2.METADATA).unlink()
+    with pytest.raises(ValueError, match=f"{raw}: .*metadata.parquet is missing"):
+        v2.detect_layout(raw)
+
+
+def test_names_to_folders():
+    lay = v2.Layout.at("/r")
+    patch = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43"
+    s1 = "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_70_48"
+    tile = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
+    assert lay.s2_dir(patch) == Path("/r/BigEarthNet-S2") / tile / patch
+    assert lay.s1_path(s1, "VH") == Path("/r/BigEarthNet-S1/S1A_IW_GRDH_1SDV_20170613T165043") / \
+        s1 / f"{s1}_VH.tif"
+    assert lay.map_path(patch) == Path("/r/Reference_Maps") / tile / patch / \
+        f"{patch}_reference_map.tif"
+    with pytest.raises(InvalidPatch, match="not a v2 S2 patch name"):
+        v2.tile_of("nounderscore")
+
+
+def test_metadata_splits_labels_and_exclusions(sample_root, meta):
+    lay = v2.Layout.at(sample_root)
+    excluded = pq.read_table(lay.excluded_metadata).column("patch_id").to_pylist()
+    assert len(meta) == N_PATCHES and len(excluded) == N_EXCLUDED
+    assert meta.patches == sorted(meta.patches) and not set(excluded) & set(meta.patches)
+    assert meta.excluded == frozenset(excluded)
+    splits = meta.splits()
+    assert set(splits) == {"train", "val", "test"} and all(splits.values())
+    assert sorted(sum(splits.values(), [])) == meta.patches
+    rows = {r["patch_id"]: r for r in _rows(sample_root)}
+    for i, p in enumerate(meta.patches):
+        assert meta.split[i] == {"validation": "val"}.get(rows[p]["split"], rows[p]["split"])
+        # class-id order (not the parquet's alphabetical order) and the same set of names
+        assert meta.label_names[i] == [c for c in ben.CLASS_NAMES if c in rows[p]["labels"]]
+        np.testing.assert_array_equal(meta.labels[i], ben.multi_hot(rows[p]["labels"]))
+        assert meta.s1_names[i] == rows[p]["s1_name"] and meta.s2v1_names[i] == rows[p]["s2v1_name"]
+    assert meta.labels.dtype == np.float32 and meta.labels.shape == (N_PATCHES, 19)
+
+
+def test_metadata_rows_flagged_in_main_parquet_are_left_out(raw):
+    rows = _rows(raw)
+    rows[0]["contains_seasonal_snow"] = True
+    rows[1]["contains_cloud_or_shadow"] = True
+    _write_rows(raw, rows)
+    got = v2.read_metadata(v2.Layout.at(raw))
+    assert len(got) == N_PATCHES - 2 and got.left_out == 2
+    assert rows[0]["patch_id"] not in got.patches and rows[1]["patch_id"] not in got.patches
+
+
+def test_label_order_is_the_nomenclature(raw):
+    rows = _rows(raw)
+    rows[0]["labels"] = ["Marine waters", "Arable land", "Urban fabric"]  # alphabetical != id order
+    _write_rows(raw, rows)
+    got = v2.read_metadata(v2.Layout.at(raw))
+    i = got.patches.index(rows[0]["patch_id"])
+    assert got.label_names[i] == ["Urban fabric", "Arable land", "Marine waters"]
+    assert np.flatnonzero(got.labels[i]).tolist() == [0, 2, 18]
+
+
+@pytest.mark.parametrize("column", ["patch_id", "labels", "split", "s1_name"])
+def test_parquet_without_expected_column(raw, column):
+    _write_rows(raw, _rows(raw), drop=[column])
+    with pytest.raises(v2.InvalidMetadata, match=f"metadata.parquet: column.s. {column} missing"):
+        v2.read_metadata(v2.Layout.at(raw))
+
+
+def test_parquet_unreadable_or_wrongly_typed(raw):
+    lay = v2.Layout.at(raw)
+    rows = _rows(raw)
+    for r in rows:
+        r["labels"] = ";".join(r["labels"])
+    _write_rows(raw, rows)
+    with pytest.raises(v2.InvalidMetadata, match="column labels has type string, expected a list"):
+        v2.read_metadata(lay)
+    lay.metadata.write_bytes(b"not a parquet file")
+    with pytest.raises(v2.InvalidMetadata, match="metadata.parquet: metadata parquet cannot be read"):
+        v2.read_metadata(lay)
+    lay.metadata.unlink()
+    with pytest.raises(v2.InvalidMetadata, match="does not exist"):
+        v2.read_metadata(lay)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("labels", ["Pastures", "Glaciers"], "label 'Glaciers' is not in the 19-class"),
+    ("labels", None, "labels is null"),
+    ("split", "val", "split 'val' is not one of train, validation, test"),
+    ("s1_name", None, "s1_name is null"),
+])
+def test_bad_row_is_named_or_skipped(raw, field, value, message):
+    rows = _rows(raw)
+    rows[2][field] = value
+    _write_rows(raw, rows)
+    lay = v2.Layout.at(raw)
+    with pytest.raises(InvalidPatch, match=f"metadata.parquet: row 2 .patch {rows[2]['patch_id']}.: "
+                                           f"{message}"):
+        v2.read_metadata(lay)
+    skipped = []
+    with pytest.warns(UserWarning, match="skipped"):
+        got = v2.read_metadata(lay, skip_invalid=True, skipped=skipped)
+    assert len(got) == N_PATCHES - 1 and rows[2]["patch_id"] not in got.patches
+    assert len(skipped) == 1 and message.split(" ")[0] in skipped[0]["reason"]
+
+
+def test_repeated_patch_is_an_error(raw):
+    rows = _rows(raw)
+    _write_rows(raw, rows + [rows[4]])
+    with pytest.raises(v2.InvalidMetadata, match=f"patch {rows[4]['patch_id']} is listed twice"):
+        v2.read_metadata(v2.Layout.at(raw))
+
+
+# ------------------------------------------------------------------ readers
+
+def test_read_patch_shapes_dtypes_and_values(sample_root, meta):
+    lay = v2.Layout.at(sample_root)
+    patch, s1_name = meta.patches[0], meta.s1_names[0]
+    got = v2.read_patch(lay, patch, s1_name)
+    assert set(got) == {"s2", "s1", "map"}
+    assert list(got["s2"]) == list(ben.BAND_NAMES)
+    for band, arr in got["s2"].items():
+        assert arr.dtype == np.uint16 and arr.shape == (ben.BAND_SIZES[band],) * 2
+    assert got["s1"].dtype == np.float32 and got["s1"].shape == (120, 120, 2)
+    with rasterio.open(lay.s1_path(s1_name, "VH")) as src:
+        np.testing.assert_array_equal(got["s1"][..., 1], src.read(1))
+    assert -45 < got["s1"].mean() < 5
+    with rasterio.open(lay.map_path(patch)) as src:
+        codes = src.read(1)
+    assert got["map"].dtype == np.int8 and got["map"].shape == (120, 120)
+    np.testing.assert_array_equal(got["map"], v2.codes_to_classes(codes))
+    assert v2.read_patch(lay, patch, parts=("map",)).keys() == {"map"}
+    with pytest.raises(ValueError, match="unknown patch part"):
+        v2.read_patch(lay, patch, s1_name, parts=("s3",))
+    # the record form is exactly the v1 reader's on the patch's tile folder
+    rec = v2.read_s2_record_bands(lay, patch, "compact")
+    assert rec == ben.read_patch_bands(lay.s2_dir(patch).parent, patch, "compact")
+    assert rec["B02"] == got["s2"]["B02"].astype("<u2").tobytes()
+
+
+def test_worker_and_iter_patches_agree(sample_root, meta):
+    lay = v2.Layout.at(sample_root)
+    patch, data, err = v2.read_patch_worker((str(sample_root), meta.patches[1], meta.s1_names[1],
+                                             ("s1", "map")))
+    assert err is None and patch == meta.patches[1]
+    (name, again), = list(v2.iter_patches(lay, meta, [meta.patches[1]], parts=("s1", "map")))
+    np.testing.assert_array_equal(data["s1"], again["s1"])
+    np.testing.assert_array_equal(data["map"], again["map"])
+
+
+# ------------------------------------------------------------------ sample archive
+
+def test_sample_layout_and_parquet_columns(sample_root, meta):
+    lay = v2.Layout.at(sample_root)
+    tiles = sorted(p.name for p in lay.s2.iterdir())
+    assert tiles == sorted(t[0] for t in sample_benv2.TILES)
+    assert sorted(p.name for p in lay.s1.iterdir()) == sorted(t[1] for t in sample_benv2.TILES)
+    for name in (v2.METADATA, v2.EXCLUDED_METADATA):
+        table = pq.read_table(lay.root / name)
+        assert table.column_names == SPEC_COLUMNS
+    rows = _rows(sample_root)
+    assert all(r["labels"] == sorted(r["labels"]) and r["labels"] for r in rows)
+    assert not any(r["contains_seasonal_snow"] or r["contains_cloud_or_shadow"] for r in rows)
+    v1 = [r["s2v1_name"] for r in rows]
+    assert None in v1 and any(v1)
+    flagged = pq.read_table(lay.excluded_metadata).to_pylist()
+    assert all(r["contains_seasonal_snow"] != r["contains_cloud_or_shadow"] for r in flagged)
+    for r in flagged + rows:  # every listed patch is on disk, with its S1 pair and map
+        assert lay.s2_dir(r["patch_id"]).is_dir() and lay.map_path(r["patch_id"]).is_file()
+        assert lay.s1_path(r["s1_name"], "VV").is_file()
+    codes = set()
+    for p in meta.patches:
+        with rasterio.open(lay.map_path(p)) as src:
+            codes |= set(np.unique(src.read(1)).tolist())
+    assert 999 in codes and codes & set(sample_benv2.UNMAPPED_CODES)
+
+
+def test_sample_labels_are_the_classes_of_the_maps(sample_root, meta):
+    lay = v2.Layout.at(sample_root)
+    for i, patch in enumerate(meta.patches):
+        seg = v2.read_reference_map(lay, patch)
+        np.testing.assert_array_equal(np.isin(np.arange(19), seg), meta.labels[i] == 1)
+
+
+def test_sample_pixels_follow_their_maps(sample_root, meta):
+    """Each class region has its own S2 signature and S1 backscatter (what a model learns)."""
+    lay = v2.Layout.at(sample_root)
+    s2_sig, _ = sample_benv2.class_signatures()
+    s1_sig = sample_benv2.s1_signatures()
+    checked = 0
+    for patch, s1_name in zip(meta.patches, meta.s1_names):
+        got = v2.read_patch(lay, patch, s1_name)
+        b02 = got["s2"]["B02"].astype(float)  # a 10 m band: same grid as the map
+        for c in np.unique(got["map"]):
+            mask = got["map"] == c
+            if c < 0 or mask.sum() < 200:
+                continue
+            assert b02[mask].mean() == pytest.approx(s2_sig[c, ben.BAND_NAMES.index("B02")],
+                                                     rel=0.12)
+            np.testing.assert_allclose(got["s1"][mask].mean(0), s1_sig[c], atol=1.0)
+            checked += 1
+    assert checked >= N_PATCHES
+
+
+def test_sample_is_deterministic_by_seed(tmp_path):
+    a = sample_benv2.write_sample_archive(tmp_path / "a", seed=1, n_patches=3, n_excluded=1)
+    b = sample_benv2.write_sample_archive(tmp_path / "b", seed=1, n_patches=3, n_excluded=1)
+    c = sample_benv2.write_sample_archive(tmp_path / "c", seed=2, n_patches=3, n_excluded=1)
+    assert _rows(a) == _rows(b) and _rows(a) != _rows(c)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.tif"))
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*.tif")) and len(files) == 4 * 15
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
+    with pytest.raises(ValueError, match="at least 3"):
+        sample_benv2.write_sample_archive(tmp_path / "d", n_patches=2)
+
+
+# ------------------------------------------------------------------ bad patches
+
+def _expect(raw, damage, match, parts=v2.PARTS):
+    lay = v2.Layout.at(raw)
+    meta = v2.read_metadata(lay)
+    patch = meta.patches[3]
+    damage(lay, patch, meta.s1_names[3])
+    with pytest.raises(InvalidPatch, match=match):
+        v2.read_patch(lay, patch, meta.s1_names[3], parts)
+    skipped = []
+    with pytest.warns(UserWarning, match="skipped"):
+        got = [p for p, _ in v2.iter_patches(lay, meta, parts=parts, skip_invalid=True,
+                                             skipped=skipped)]
+    assert got == meta.patches[:3] + meta.patches[4:]
+    assert len(skipped) == 1 and patch in skipped[0]["item"]
+    assert pytest.raises(InvalidPatch, lambda: list(v2.iter_patches(lay, meta, parts=parts)))
+
+
+def test_patch_without_folder(raw):
+    _expect(raw, lambda lay, p, s: shutil.rmtree(lay.s2_dir(p)),
+            r"BigEarthNet-S2/.*: S2 folder of patch .* \(listed in metadata.parquet\) is missing")
+
+
+def test_missing_band(raw):
+    _expect(raw, lambda lay, p, s: (lay.s2_dir(p) / f"{p}_B8A.tif").unlink(),
+            r"_B8A.tif: band file B8A is missing")
+
+
+def test_missing_s1_file_and_s1_name_pointing_nowhere(raw):
+    _expect(raw, lambda lay, p, s: lay.s1_path(s, "VH").unlink(), r"_VH.tif: S1 VH file is missing",
+            parts=("s1",))
+
+
+def test_s1_name_pointing_nowhere(raw):
+    _expect(raw, lambda lay, p, s: shutil.rmtree(lay.s1_dir(s)),
+            r"BigEarthNet-S1/.*: S1 folder of .* \(s1_name of patch .*\) is missing", parts=("s1",))
+
+
+def test_s1_of_wrong_dtype(raw):
+    _expect(raw, lambda lay, p, s: _write_tif(lay.s1_path(s, "VV"), np.zeros((120, 120), np.int16)),
+            r"_VV.tif: S1 VV has dtype int16, expected float32", parts=("s1",))
+
+
+def test_missing_map(raw):
+    _expect(raw, lambda lay, p, s: lay.map_path(p).unlink(), r"_reference_map.tif: reference map "
+            r"is missing", parts=("map",))
+
+
+def test_map_of_wrong_size(raw):
+    _expect(raw, lambda lay, p, s: _write_tif(lay.map_path(p), np.full((60, 60), 211, np.uint16)),
+            r"_reference_map.tif: reference map is 60x60, expected 120x120", parts=("map",))
+
+
+def test_map_of_wrong_dtype(raw):
+    _expect(raw, lambda lay, p, s: _write_tif(lay.map_path(p), np.full((120, 120), 21, np.uint8)),
+            r"_reference_map.tif: reference map has dtype uint8, expected uint16", parts=("map",))
