@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 
-from archives import ben, sample_benv2
+from archives import ben, benv2_noise, sample_benv2
 from archives import benv2_layout as v2
 from archives.ben import InvalidPatch
 
@@ -379,3 +379,86 @@ def test_map_of_wrong_size(raw):
 def test_map_of_wrong_dtype(raw):
     _expect(raw, lambda lay, p, s: _write_tif(lay.map_path(p), np.full((120, 120), 21, np.uint8)),
             r"_reference_map.tif: reference map has dtype uint8, expected uint16", parts=("map",))
+
+
+# ------------------------------------------------------------------ pixel-map noise
+
+def test_published_pick_count_rounds_down():
+    assert benv2_noise.published_pick_count(30, 15) == 4  # 4.5 -> 4 (half up would give 5)
+    assert benv2_noise.published_pick_count(29, 10) == 2
+    assert benv2_noise.published_pick_count(7, 50) == 3
+    assert benv2_noise.published_pick_count(200, 60) == 120
+    with pytest.raises(ValueError, match="0..100"):
+        benv2_noise.published_pick_count(10, 101)
+
+
+def test_plan_picks_distinct_pairs_and_other_classes():
+    rng = np.random.default_rng(0)
+    clean = (rng.random((300, 19)) < 0.15).astype(np.float32)
+    pairs = int(clean.sum())
+    for level in (10, 30, 60):
+        plan = benv2_noise.plan_map_noise(clean, level, np.random.default_rng(level))
+        assert len(plan) == pairs * level // 100
+        assert len({(i, c) for i, c, _ in plan}) == len(plan)  # without replacement
+        assert (clean[plan[:, 0], plan[:, 1]] == 1).all() and (plan[:, 2] != plan[:, 1]).all()
+        assert plan[:, 2].min() >= 0 and plan[:, 2].max() <= 18
+        assert (np.diff(plan[:, 0]) >= 0).all()
+        np.testing.assert_array_equal(plan, benv2_noise.plan_map_noise(
+            clean, level, np.random.default_rng(level)))
+    plan = benv2_noise.plan_map_noise(clean, 60, np.random.default_rng(1))
+    assert len(np.unique(plan[:, 2])) == 19  # every class gets drawn somewhere
+    per = benv2_noise.picks_per_patch(plan, len(clean))
+    assert len(per) == 300 and sum(len(p) for p in per) == len(plan)
+    assert all((plan[plan[:, 0] == i][:, 1:] == per[i]).all() for i in (0, 7, 299))
+
+
+def test_apply_picks_by_hand():
+    seg = np.array([[0, 0, 5, -1],
+                    [0, 5, 5, -1],
+                    [7, 7, 5, 18]], np.int8)
+    noisy, n = benv2_noise.apply_picks(seg, np.array([[0, 5], [5, 7]]))
+    # 0 -> 5 and 5 -> 7 both read the clean map: no chaining 0 -> 5 -> 7
+    np.testing.assert_array_equal(noisy, [[5, 5, 7, -1], [5, 7, 7, -1], [7, 7, 7, 18]])
+    assert n == 2 and noisy.dtype == np.int8 and seg[0, 0] == 0  # the clean map is not touched
+    assert benv2_noise.apply_picks(seg, np.array([[3, 4]])) == (None, 0)  # class 3 absent
+    np.testing.assert_array_equal(np.flatnonzero(benv2_noise.noisy_multi_hot(np.zeros(19), noisy)),
+                                  [5, 7, 18])
+    clean = benv2_noise.classes_present(seg)
+    assert np.flatnonzero(clean).tolist() == [0, 5, 7, 18]
+    assert benv2_noise.noisy_multi_hot(clean, None) is not None
+    np.testing.assert_array_equal(benv2_noise.noisy_multi_hot(clean, None), clean)
+
+
+def test_map_noise_counts_and_invariants_on_the_sample(sample_root, meta):
+    lay = v2.Layout.at(sample_root)
+    train = [i for i, s in enumerate(meta.split) if s == "train"]
+    maps = [v2.read_reference_map(lay, meta.patches[i]) for i in train]
+    clean = meta.labels[train]
+    pairs = int(clean.sum())
+    for level in (10, 30, 60):
+        noisy_maps, noisy, st = benv2_noise.inject_map_noise(maps, clean, level,
+                                                             np.random.default_rng([42, level]))
+        # sample labels are the classes of the maps: every picked pair changes a region
+        assert st["pairs_total"] == pairs and st["images_total"] == len(train)
+        assert st["pairs_picked"] == st["pairs_changed"] == pairs * level // 100
+        for seg, nmap, c, n in zip(maps, noisy_maps, clean, noisy):
+            if nmap is None:
+                np.testing.assert_array_equal(n, c)
+                continue
+            assert ((seg < 0) == (nmap < 0)).all()  # unlabelled pixels stay unlabelled
+            np.testing.assert_array_equal(n, benv2_noise.classes_present(nmap))
+            for cls in np.unique(seg[seg >= 0]):  # a region changes as a whole, to one class
+                assert len(np.unique(nmap[seg == cls])) == 1
+        assert st["images_changed"] == int((noisy != clean).any(axis=1).sum()) > 0
+        assert sum(m is not None for m in noisy_maps) >= st["images_changed"]
+    with pytest.raises(ValueError, match="maps but"):
+        benv2_noise.inject_map_noise(maps[:-1], clean, 10, np.random.default_rng(0))
+
+
+def test_map_noise_skips_pairs_absent_from_the_map():
+    seg = np.zeros((4, 4), np.int8)  # only class 0 in the map
+    clean = np.zeros((1, 19), np.float32)
+    clean[0, [0, 4]] = 1  # label 4 has no region
+    _, noisy, st = benv2_noise.inject_map_noise([seg], clean, 100, np.random.default_rng(3))
+    assert st["pairs_picked"] == 2 and st["pairs_changed"] == 1
+    assert noisy[0].sum() == 1 and noisy[0, 0] == 0  # class 0's region became one other class
