@@ -423,16 +423,19 @@ def read_patch(layout: Layout, patch: str, s1_name: str | None = None,
                parts: Sequence[str] = PARTS) -> dict:
     """The requested parts of one patch: "s2" (``read_s2_bands``), "s1" (``read_s1``, needs
     ``s1_name``), "map" (``read_reference_map``)."""
+    import rasterio
+
     out = {}
-    for part in _check_parts(parts):
-        if part == "s2":
-            out["s2"] = read_s2_bands(layout, patch)
-        elif part == "s1":
-            if not s1_name:
-                raise InvalidPatch(f"{patch}: no s1_name given for its S1 part")
-            out["s1"] = read_s1(layout, s1_name, patch)
-        else:
-            out["map"] = read_reference_map(layout, patch)
+    with rasterio.Env():  # one GDAL environment for the up to 15 opens instead of one each
+        for part in _check_parts(parts):
+            if part == "s2":
+                out["s2"] = read_s2_bands(layout, patch)
+            elif part == "s1":
+                if not s1_name:
+                    raise InvalidPatch(f"{patch}: no s1_name given for its S1 part")
+                out["s1"] = read_s1(layout, s1_name, patch)
+            else:
+                out["map"] = read_reference_map(layout, patch)
     return out
 
 
