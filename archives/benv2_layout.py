@@ -27,7 +27,8 @@ What a later integration (prep, pipeline) gets from here:
   ``archives.ben.encode_examples``); ``read_s1`` -> float32 (120, 120, 2), channels VV, VH (dB);
   ``read_reference_map`` -> int8 (120, 120) class ids in -1..18; ``read_patch`` -> a dict of
   those under "s2", "s1", "map"; ``read_patch_worker`` for process pools; ``iter_patches`` for
-  one process with ``skip_invalid``.
+  one process with ``skip_invalid``; ``check_present`` drops (or names) the rows whose folders
+  or map are missing before anything is read.
 * ``BAND_STATS`` (12 S2 bands + VV, VH: mean/std of the v2 train split), ``S1_BANDS``.
 
 Bad input is ``archives.ben.InvalidPatch`` (a ValueError naming the file and what was expected)
@@ -446,6 +447,32 @@ def read_patch_worker(args: tuple) -> tuple[str, dict | None, str | None]:
         return patch, read_patch(Layout.at(root), patch, s1_name, parts), None
     except InvalidPatch as err:
         return patch, None, str(err)
+
+
+def check_present(layout: Layout, meta: Metadata, parts: Sequence[str] = PARTS,
+                  skip_invalid: bool = False, skipped: list | None = None) -> Metadata:
+    """``meta`` without the patches whose S2 folder, S1 folder ("s1") or reference map ("map")
+    is missing: InvalidPatch naming the first missing path, or (``skip_invalid``) skipped and
+    listed. Only looks for folders and files (fast: a prep can fail before writing anything);
+    their content is checked when read."""
+    from archives.common import skip_or_raise
+
+    skipped = [] if skipped is None else skipped
+    parts = _check_parts(parts)
+    keep = []
+    for i, (patch, s1_name) in enumerate(zip(meta.patches, meta.s1_names)):
+        checks = [(layout.s2_dir(patch), "S2 folder of patch {p} (listed in " + METADATA + ")")]
+        if "s1" in parts:
+            checks.append((layout.s1_dir(s1_name), "S1 folder of {s} (s1_name of patch {p})"))
+        if "map" in parts:
+            checks.append((layout.map_path(patch), "reference map of patch {p}"))
+        missing = next(((path, what) for path, what in checks if not path.exists()), None)
+        if missing is None:
+            keep.append(i)
+            continue
+        msg = f"{missing[0]}: " + missing[1].format(p=patch, s=s1_name) + " is missing"
+        skip_or_raise(InvalidPatch(msg), skip_invalid, skipped, missing[0], msg)
+    return meta.subset(keep)
 
 
 def iter_patches(layout: Layout, meta: Metadata, patches: Sequence[str] | None = None,

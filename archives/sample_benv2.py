@@ -47,11 +47,11 @@ _CODES_PER_CLASS = [[c for c, k in v2.CORINE_TO_CLASS.items() if k == cls] for c
 
 
 def s1_signatures() -> np.ndarray:
-    """Per 19-class mean (VV, VH) backscatter in dB, (19, 2); waters and wetlands darker, fixed
-    across seeds."""
+    """Per 19-class mean (VV, VH) backscatter in dB, (19, 2), around the v2 statistics; VH below
+    VV, waters and wetlands darker; fixed across seeds."""
     rng = np.random.default_rng(29)
     vv = v2.BAND_STATS["mean"]["VV"] + rng.uniform(-4, 5, ben.NB_CLASS)
-    vh = v2.BAND_STATS["mean"]["VH"] + rng.uniform(-4, 5, ben.NB_CLASS)
+    vh = vv - rng.uniform(4, 9.5, ben.NB_CLASS)  # cross-polarised: always weaker
     wet = [ben.CLASS_NAMES.index(n) for n in ("Inland wetlands", "Coastal wetlands",
                                               "Inland waters", "Marine waters")]
     vv[wet] -= 8
@@ -113,12 +113,11 @@ def _render(codes: np.ndarray, rng: np.random.Generator, sig: dict) -> tuple[np.
 
 def _write_tif(path: Path, data: np.ndarray, crs, ulx: float, uly: float, res: float) -> None:
     import rasterio
-    from rasterio.transform import from_origin
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0],
                        count=1, dtype=data.dtype.name, crs=crs,
-                       transform=from_origin(ulx, uly, res, res)) as dst:
+                       transform=rasterio.Affine(res, 0, ulx, 0, -res, uly)) as dst:
         dst.write(data, 1)
 
 

@@ -310,6 +310,18 @@ def test_sample_pixels_follow_their_maps(sample_root, meta):
     assert checked >= N_PATCHES
 
 
+def test_sample_class_signatures_are_far_apart_against_the_noise():
+    s2_sig, _ = sample_benv2.class_signatures()
+    std = np.array([ben.BAND_STATS["std"][b] for b in ben.BAND_NAMES])
+    z = s2_sig / std  # in units of the real per-band spread
+    gaps = np.linalg.norm(z[:, None] - z[None], axis=-1)[np.triu_indices(19, 1)]
+    # 5 % multiplicative pixel noise is < 0.1 std per band: classes lie many times that apart
+    assert gaps.min() > 1.0
+    s1 = sample_benv2.s1_signatures()
+    assert s1.shape == (19, 2) and (s1[:, 0] > s1[:, 1]).all()  # VH below VV
+    assert -35 < s1.min() and s1.max() < 10
+
+
 def test_sample_is_deterministic_by_seed(tmp_path):
     a = sample_benv2.write_sample_archive(tmp_path / "a", seed=1, n_patches=3, n_excluded=1)
     b = sample_benv2.write_sample_archive(tmp_path / "b", seed=1, n_patches=3, n_excluded=1)
@@ -341,6 +353,29 @@ def _expect(raw, damage, match, parts=v2.PARTS):
     assert pytest.raises(InvalidPatch, lambda: list(v2.iter_patches(lay, meta, parts=parts)))
 
 
+@pytest.mark.parametrize("part,damage,match", [
+    ("s2", lambda lay, p, s: shutil.rmtree(lay.s2_dir(p)), r"S2 folder of patch {p} \(listed"),
+    ("s1", lambda lay, p, s: shutil.rmtree(lay.s1_dir(s)), r"S1 folder of {s} \(s1_name of patch {p}"),
+    ("map", lambda lay, p, s: lay.map_path(p).unlink(), r"reference map of patch {p} is missing"),
+])
+def test_check_present(raw, part, damage, match):
+    lay = v2.Layout.at(raw)
+    meta = v2.read_metadata(lay)
+    assert v2.check_present(lay, meta).patches == meta.patches
+    damage(lay, meta.patches[5], meta.s1_names[5])
+    with pytest.raises(InvalidPatch, match=match.format(p=meta.patches[5], s=meta.s1_names[5])):
+        v2.check_present(lay, meta)
+    skipped = []
+    with pytest.warns(UserWarning, match="skipped"):
+        got = v2.check_present(lay, meta, skip_invalid=True, skipped=skipped)
+    assert got.patches == meta.patches[:5] + meta.patches[6:] and len(skipped) == 1
+    np.testing.assert_array_equal(got.labels, np.delete(meta.labels, 5, axis=0))
+    assert got.s1_names == meta.s1_names[:5] + meta.s1_names[6:]
+    if part != "s2":  # a part that is not asked for is not looked for
+        others = tuple(x for x in v2.PARTS if x != part)
+        assert v2.check_present(lay, meta, parts=others).patches == meta.patches
+
+
 def test_patch_without_folder(raw):
     _expect(raw, lambda lay, p, s: shutil.rmtree(lay.s2_dir(p)),
             r"BigEarthNet-S2/.*: S2 folder of patch .* \(listed in metadata.parquet\) is missing")
@@ -351,7 +386,13 @@ def test_missing_band(raw):
             r"_B8A.tif: band file B8A is missing")
 
 
-def test_missing_s1_file_and_s1_name_pointing_nowhere(raw):
+def test_band_of_wrong_size(raw):
+    _expect(raw, lambda lay, p, s: _write_tif(lay.s2_dir(p) / f"{p}_B03.tif",
+                                              np.zeros((60, 60), np.uint16)),
+            r"_B03.tif: band B03 is 60x60, expected 120x120", parts=("s2",))
+
+
+def test_missing_s1_file(raw):
     _expect(raw, lambda lay, p, s: lay.s1_path(s, "VH").unlink(), r"_VH.tif: S1 VH file is missing",
             parts=("s1",))
 
