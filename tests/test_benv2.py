@@ -310,6 +310,27 @@ def test_sample_pixels_follow_their_maps(sample_root, meta):
     assert checked >= N_PATCHES
 
 
+def test_sample_maps_are_learnable_from_pixels(sample_root, meta):
+    """A linear pixel classifier fit on the train patches' four 10 m S2 bands recovers the maps
+    of the other patches (S1's per-class means are checked in test_sample_pixels_follow_their_maps)."""
+    from sklearn.linear_model import LogisticRegression
+
+    lay = v2.Layout.at(sample_root)
+    data = {True: ([], []), False: ([], [])}
+    for patch, split in zip(meta.patches, meta.split):
+        s2 = v2.read_s2_bands(lay, patch)
+        seg = v2.read_reference_map(lay, patch)[::5, ::5]
+        feats = np.stack([s2[b][::5, ::5] for b in ("B02", "B03", "B04", "B08")], axis=-1)
+        data[split == "train"][0].append(feats[seg >= 0].astype(np.float64))
+        data[split == "train"][1].append(seg[seg >= 0])
+    (xt, yt), (xs, ys) = [(np.concatenate(a), np.concatenate(b)) for a, b in data.values()]
+    seen = np.isin(ys, yt)  # a class absent from the few train patches cannot be learned
+    xs, ys = xs[seen], ys[seen]
+    mu, sd = xt.mean(0), xt.std(0)
+    clf = LogisticRegression(max_iter=3000).fit((xt - mu) / sd, yt)
+    assert len(set(ys)) >= 5 and clf.score((xs - mu) / sd, ys) > 0.9
+
+
 def test_sample_class_signatures_are_far_apart_against_the_noise():
     s2_sig, _ = sample_benv2.class_signatures()
     std = np.array([ben.BAND_STATS["std"][b] for b in ben.BAND_NAMES])
