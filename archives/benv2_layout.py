@@ -19,7 +19,8 @@ What a later integration (prep, pipeline) gets from here:
   sorted), ``split`` (str array of "train"/"val"/"test"), ``labels`` float32 (N, 19) multi-hot
   in the nomenclature order of ``archives.ben.CLASS_NAMES``, ``label_names`` (19-class names in
   class-id order per patch), ``s1_names``, ``s2v1_names`` (None where null), ``countries``;
-  ``splits()`` -> {"train"|"val"|"test": [patch, ...]}.
+  ``splits()`` -> {"train"|"val"|"test": [patch, ...]}; ``csv_splits(meta, csvs)`` -> the same
+  from -train/-val/-test CSV files (v2 names, or v1 names through ``s2v1_name``).
 * ``codes_to_classes(codes)`` -> int8 array of the same shape, 19-class id or -1.
 * ``read_s2_bands`` -> {band: uint16 (size, size)} at each band's native size (BAND_SIZES of
   archives.ben; the 60->120 bicubic resize stays in the TFRecord parser as for v1);
@@ -329,6 +330,47 @@ def read_metadata(layout: Layout, skip_invalid: bool = False,
     split = np.array([SPLIT_VALUES[splits[r]] for r in keep], dtype="<U5")
     return Metadata([patches[r] for r in keep], split, labels[keep], names, [s1[r] for r in keep], [s2v1[r] for r in keep],
                     [country[r] for r in keep], str(path), int(drop.sum()), excluded)
+
+
+def csv_splits(meta: Metadata, csvs: dict, skip_invalid: bool = False,
+               skipped: list | None = None) -> tuple[dict, int]:
+    """Patch names per split from the -train/-val/-test CSV files (``archives.ben.read_split_csv``
+    format) instead of the parquet's ``split`` column; labels still come from the parquet.
+
+    A CSV name is looked up as a v2 ``patch_id``, else as a v1 name through ``s2v1_name`` (so v1
+    split files keep working). A name found in neither, or a snow/cloud/shadow patch, raises
+    InvalidPatch naming the CSV (or is skipped and listed); a patch in two splits raises.
+    Returns ({"train"|"val"|"test": [v2 patch, ...]}, count of names found through s2v1_name).
+    """
+    from archives.common import skip_or_raise
+
+    skipped = [] if skipped is None else skipped
+    splits_ = tuple(SPLIT_VALUES.values())
+    given = {s: p for s, p in csvs.items() if p}
+    if set(given) != set(splits_):
+        missing = [s for s in splits_ if s not in given]
+        raise ValueError(f"give all three split files (-train, -val, -test) or none; "
+                         f"missing: {', '.join(missing)}")
+    known = set(meta.patches)
+    from_v1 = {v1: p for p, v1 in zip(meta.patches, meta.s2v1_names) if v1}
+    out, seen, via_v1 = {}, {}, 0
+    for split in splits_:
+        out[split] = []
+        for name in dict.fromkeys(ben.read_split_csv(given[split])):  # repeats dropped
+            patch = name if name in known else from_v1.get(name)
+            if patch is None:
+                why = ("is a snow/cloud/shadow patch, left out of every split" if name in meta.excluded
+                       else f"is in {METADATA} neither as patch_id nor as s2v1_name")
+                msg = f"{given[split]}: patch {name} {why}"
+                skip_or_raise(InvalidPatch(msg), skip_invalid, skipped, given[split], msg)
+                continue
+            if patch in seen:
+                raise ValueError(f"{given[split]}: patch {name} is also listed in "
+                                 f"{given[seen[patch]]}; splits must not overlap")
+            seen[patch] = split
+            via_v1 += patch != name
+            out[split].append(patch)
+    return out, via_v1
 
 
 # ---------------------------------------------------------------- one patch

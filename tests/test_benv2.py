@@ -219,6 +219,43 @@ def test_repeated_patch_is_an_error(raw):
         v2.read_metadata(v2.Layout.at(raw))
 
 
+def _csvs(tmp_path, lists):
+    out = {}
+    for split, names in lists.items():
+        out[split] = tmp_path / f"{split}.csv"
+        out[split].write_text("".join(n + "\n" for n in names))
+    return out
+
+
+def test_csv_splits_override_with_v2_and_v1_names(meta, tmp_path):
+    v1 = [(p, n) for p, n in zip(meta.patches, meta.s2v1_names) if n]
+    plain = [p for p, n in zip(meta.patches, meta.s2v1_names) if not n]
+    assert len(v1) >= 2 and len(plain) >= 2
+    lists = {"train": [v1[0][1], plain[0], plain[0]], "val": [plain[1]], "test": [v1[1][1]]}
+    got, via_v1 = v2.csv_splits(meta, _csvs(tmp_path, lists))
+    assert got == {"train": [v1[0][0], plain[0]], "val": [plain[1]], "test": [v1[1][0]]}
+    assert via_v1 == 2
+
+
+def test_csv_splits_bad_names(meta, tmp_path):
+    excluded = sorted(meta.excluded)[0]
+    p = meta.patches
+    csvs = _csvs(tmp_path, {"train": [p[0], "S2A_MSIL2A_20990101T000000_9_9"], "val": [p[1]],
+                            "test": [p[2], excluded]})
+    with pytest.raises(InvalidPatch, match=r"train.csv: patch S2A_MSIL2A_20990101T000000_9_9 is "
+                                           r"in metadata.parquet neither as patch_id nor"):
+        v2.csv_splits(meta, csvs)
+    skipped = []
+    with pytest.warns(UserWarning, match="skipped"):
+        got, _ = v2.csv_splits(meta, csvs, skip_invalid=True, skipped=skipped)
+    assert got == {"train": [p[0]], "val": [p[1]], "test": [p[2]]}
+    assert len(skipped) == 2 and "snow/cloud/shadow" in skipped[1]["reason"]
+    with pytest.raises(ValueError, match=r"patch .* is also listed in .*train.csv"):
+        v2.csv_splits(meta, _csvs(tmp_path, {"train": [p[0]], "val": [p[1]], "test": [p[0]]}))
+    with pytest.raises(ValueError, match="missing: test"):
+        v2.csv_splits(meta, {"train": csvs["train"], "val": csvs["val"], "test": None})
+
+
 # ------------------------------------------------------------------ readers
 
 def test_read_patch_shapes_dtypes_and_values(sample_root, meta):
