@@ -225,8 +225,8 @@ def official_splits(root: str | os.PathLike) -> tuple[dict[str, list[str]], dict
 def inject_noise(clean: np.ndarray, percent: int, rng: np.random.Generator) -> np.ndarray:
     """Noisy copy of clean multi-hot labels (N, C) float32, SPEC section 2 for BEN.
 
-    ``archives.noise.pick_count`` (percent % of the positive (patch, class) pairs, rounded half
-    up) pairs are picked uniformly without replacement; each picked class is set to 0 and one
+    ``archives.noise.pick_count`` (percent % of the positive (patch, class) pairs, rounded
+    down as published) pairs are picked uniformly without replacement; each picked class is set to 0 and one
     other class, drawn uniformly among the classes not being removed from that patch, is set
     to 1. Excluding the patch's other removed classes keeps every picked pair changed, so the
     realised share of changed pairs is exactly pick_count / pairs; a draw may land on a class
