@@ -37,9 +37,8 @@ def _digest(path):
 
 
 @pytest.fixture(scope="module")
-def sample_root(tmp_path_factory):
-    return sample_ben.write_sample_archive(tmp_path_factory.mktemp("ben") / "raw", seed=3,
-                                           n_patches=12)
+def sample_root(ben_sample):
+    return ben_sample  # built once per session (conftest)
 
 
 @pytest.fixture
@@ -173,6 +172,7 @@ def _encoding_digests() -> list[str]:
         for schema in ben.SCHEMAS]
 
 
+@pytest.mark.slow
 def test_encoding_gives_the_same_bytes_in_another_process():
     """Map-entry order must not depend on the process (protobuf's map order otherwise does)."""
     import os

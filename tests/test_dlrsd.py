@@ -168,6 +168,7 @@ def test_schema_round_trip(tmp_path, schema):
         assert g["patch_name"] == name.encode()
 
 
+@pytest.mark.slow
 def test_encoding_gives_the_same_bytes_in_another_process():
     """Map-entry order must not depend on the process (protobuf's map order otherwise does)."""
     import subprocess

@@ -1,7 +1,7 @@
 """train.py / training.py end to end on a tiny DLRSD-style sample with the small_cnn backbone.
 
-The sample archive is written once per session (archives.sample + prep_DLRSD_noisy) and cut
-down to a few records so that every run is a handful of steps.
+The sample archive is written once per session (tests/conftest.py: ``records``) and cut down
+to a few records so that every run is a handful of steps.
 """
 import json
 import os
@@ -18,36 +18,11 @@ import train as train_cli
 from config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
-N_TRAIN, N_EVAL, BATCH = 8, 4, 4  # 2 steps per epoch
+BATCH = 4  # 2 steps per epoch on conftest's 8 training records
 STEP_TAGS = {"train/dis_loss", "train/gen_loss", "train/recon_loss", "train/kl_loss",
              "train/hybrid_loss", "train/loss"}
 SEL_TAGS = {"train/sel_precision", "train/sel_recall"}
 VAL_TAGS = {"val/dis_loss", "val/loss", "epoch_train/loss"}
-
-
-def _copy_records(src: Path, dst: Path, n: int) -> None:
-    with tf.io.TFRecordWriter(str(dst)) as writer:
-        for raw in tf.data.TFRecordDataset(str(src)).take(n):
-            writer.write(raw.numpy())
-
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory) -> Path:
-    """Tiny TFRecords: train / train_noise_prcnt50 (12), val and test (4)."""
-    import prep_DLRSD_noisy
-    from archives import sample
-
-    base = tmp_path_factory.mktemp("sample")
-    raw, full, tiny = base / "raw", base / "full", base / "TFRecord"
-    assert sample.main(["--dataset", "DLRSD", "--out", str(raw), "--per-class", "5",
-                        "--seed", "0"]) == 0
-    prep_DLRSD_noisy.main(["-r_dlrsd", str(raw / "DLRSD"), "-r_ucm", str(raw / "UCMerced_LandUse"),
-                           "-o", str(full), "--noise-levels", "50", "--quiet"])
-    tiny.mkdir()
-    for name, n in (("train", N_TRAIN), ("train_noise_prcnt50", N_TRAIN), ("val", N_EVAL),
-                    ("test", N_EVAL)):
-        _copy_records(full / "TFRecord" / f"{name}.tfrecord", tiny / f"{name}.tfrecord", n)
-    return tiny
 
 
 def make_cfg(records: Path, out: Path, **kw) -> Config:
@@ -103,6 +78,7 @@ def straight(records, tmp_path_factory):
     return cfg, training.train(cfg, show_progress=False)
 
 
+@pytest.mark.slow
 def test_grid_bce_outputs_and_fresh_process_load(straight, tmp_path):
     cfg, result = straight
     assert result.completed and result.epochs_done == 2
@@ -223,6 +199,7 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "train_noise_prcnt50.tfrecord" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(records, tmp_path):
     """The CLI under MirroredStrategy in a fresh process whose CPU is split in two devices."""
     cfg = make_cfg(records, tmp_path, strategy="mirrored")
@@ -240,6 +217,7 @@ def test_mirrored_strategy_on_two_logical_cpus(records, tmp_path):
     check_outputs(cfg, grid=True)
 
 
+@pytest.mark.slow
 def test_real_ctrl_c_saves_a_checkpoint(records, tmp_path):
     """SIGINT to a running `train.py`: exit code 130 and a checkpoint to resume from."""
     import signal
