@@ -372,13 +372,21 @@ def _bad_label(root, name):
     return path, "'Glaciers' is not in the 43-class"
 
 
+def _empty_labels(root, name):
+    path = ben.metadata_path(root, name)
+    meta = json.loads(path.read_text())
+    meta["labels"] = []
+    path.write_text(json.dumps(meta))
+    return path, "lists no label"
+
+
 def _missing_patch(root, name):
     shutil.rmtree(root / name)
     return root / "train.csv", f"patch {name} is not under"
 
 
 @pytest.mark.parametrize("damage", [_garbage, _wrong_size, _missing_band, _missing_json,
-                                    _bad_label, _missing_patch])
+                                    _bad_label, _empty_labels, _missing_patch])
 def test_bad_input_stops_or_is_skipped(raw, tmp_path, damage):
     name = _first(raw)
     path, what = damage(raw, name)
