@@ -123,6 +123,9 @@ def run_config(path: str, args) -> tuple[str, dict]:
         return make_dataset(paths, cfg["dataset"], training=False, batch_size=args.batch_size)
 
     out_dir = Path(cfg["dumps"]["features"]) / cfg["run_name"]
+    from atomic_files import remove_stale_temps
+    for stale in remove_stale_temps(out_dir):
+        print(f"removed {stale}, left by an interrupted earlier run", file=sys.stderr)
     files = {}
     for side, key in (("query", "train_tfrecord_paths"), ("archive", "test_tfrecord_paths")):
         files[side] = out_dir / f"{side}.h5"

@@ -186,3 +186,39 @@ def test_every_mistake_is_reported_at_once_each_with_its_key(tmp_path):
 def test_config_path_that_is_a_folder_is_a_named_error(tmp_path):
     with pytest.raises(ConfigError, match=f"^{tmp_path}: is a folder"):
         Config.from_json(tmp_path)
+
+
+def test_atomic_write_syncs_before_the_rename_and_names_the_file(tmp_path, monkeypatch):
+    import os
+
+    import atomic_files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic_files.os, "fsync", lambda fd: (events.append("fsync"),
+                                                             real_fsync(fd))[1])
+    monkeypatch.setattr(atomic_files.os, "replace", lambda a, b: (events.append("replace"),
+                                                                 real_replace(a, b))[1])
+    write_json_atomic(tmp_path / "x.json", {"a": 1})
+    assert events[:2] == ["fsync", "replace"]
+    # a folder standing at the target: a named WriteError, which is also an OSError/ValueError
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(atomic_files.WriteError, match=r"d\.json: cannot be written"):
+        write_json_atomic(tmp_path / "d.json", {})
+    with pytest.raises(ValueError):
+        write_json_atomic(tmp_path / "x.json" / "under.json", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "x.json"]
+
+
+def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
+    from atomic_files import remove_stale_temps
+
+    dead = tmp_path / "a.tmp-999999999.tfrecord"
+    dead_dir = tmp_path / "m.tmp-999999998.keras"
+    live = tmp_path / "b.tmp-1.h5"  # pid 1 always runs
+    other = tmp_path / "c.tfrecord"
+    for p in (dead, live, other):
+        p.write_bytes(b"x")
+    dead_dir.mkdir()
+    assert sorted(remove_stale_temps(tmp_path)) == sorted([dead, dead_dir])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tmp-1.h5", "c.tfrecord"]
