@@ -74,6 +74,25 @@ def check_inputs(cfg: Config) -> None:
         check_record_file("val_tfrecord_paths", path, cfg.dataset)
 
 
+def check_output_folder(key: str, folder: Path) -> None:
+    """RunError unless ``folder`` exists as a writable folder or can be created (nothing is
+    created here): its nearest existing ancestor must be a writable folder."""
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise RunError(f"{folder}: cannot be created, {candidate} is a file ({key})")
+            if not os.access(candidate, os.W_OK | os.X_OK):
+                raise RunError(f"{folder}: cannot be written, {candidate} is not writable ({key})")
+            return
+
+
+def check_outputs(cfg: Config) -> None:
+    """Every output folder of the run can be written (checked before training starts)."""
+    check_output_folder("dumps.model_weights", cfg.weights_dir)
+    check_output_folder("dumps.summaries", cfg.summaries_dir)
+    check_output_folder("dumps.configs", cfg.config_dump_path.parent)
+
+
 def existing_outputs(cfg: Config) -> list[Path]:
     """The outputs of an earlier run under this run name: checkpoints, summaries, feature model,
     dumped config."""

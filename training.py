@@ -252,6 +252,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     from archives.pipeline import make_dataset
 
     run_guard.check_inputs(cfg)
+    run_guard.check_outputs(cfg)
     configure_devices(cfg)
     strategy = make_strategy(cfg.strategy)
     if not resume and _worker_role(strategy)[0]:

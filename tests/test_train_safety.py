@@ -178,3 +178,14 @@ def test_leftovers_of_killed_processes_are_removed(records, tmp_path):
     assert not dead.exists() and live.exists()
     assert not (cfg.checkpoint_dir / "ckpt-7_temp").exists()
     assert any("ckpt-7_temp" in m for m in logs) and any(str(dead) in m for m in logs)
+
+
+def test_output_folder_under_a_file_is_named_before_training(records, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    cfg = make_cfg(records, tmp_path, model_name="BCE")
+    cfg = cfg.replace(dumps={**cfg.dumps, "summaries": str(blocker / "summaries")})
+    with pytest.raises(RunError, match=f"cannot be created, {blocker} is a file "
+                                       r"\(dumps.summaries\)"):
+        training.train(cfg, show_progress=False)
+    assert not cfg.weights_dir.exists()
