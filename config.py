@@ -2,11 +2,14 @@
 
 ``Config.from_json(path)`` / ``Config.from_dict(d)`` build a frozen :class:`Config` once; any
 unknown key, wrong type, bad value or impossible combination raises :class:`ConfigError`
-naming the key (and, for a typo, the closest valid key). Derived values (``nb_class``,
+naming the key (and, for a typo, the closest valid key). Every mistake of a config is reported
+at once: while ``from_dict`` validates, the ``_check_*`` helpers and ``_fail`` record a problem
+and go on (a new key needs one ``out[key] = _check_...(key, d[key], ...)`` line in ``_validate``). Derived values (``nb_class``,
 ``out_size``, ``input_shape``, ``run_name``, ``noisy_train_paths``, output paths) are properties.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import importlib
@@ -43,7 +46,38 @@ _ARCHIVE_MODULES = {"DLRSD": "archives.dlrsd", "BEN": "archives.ben"}
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the offending key."""
+    """A configuration problem; the message names the offending key. ``problems``: every
+    problem found (one line each, each naming its key); the message joins them."""
+
+    def __init__(self, message: str | list[str]):
+        self.problems = [message] if isinstance(message, str) else list(message)
+        super().__init__("\n".join(self.problems))
+
+
+# the problems of the config being validated (None: raise at the first one)
+_PROBLEMS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("_PROBLEMS",
+                                                                             default=None)
+
+
+def _fail(message: str, value=None):
+    """Record ``message`` ("<key>: <what>") and return ``value``, or raise it when no config is
+    being collected. Only the first problem of a key is kept."""
+    problems = _PROBLEMS.get()
+    if problems is None:
+        raise ConfigError(message)
+    key = message.split(":", 1)[0]
+    if key not in _failed_keys(problems):
+        problems.append(message)
+    return value
+
+
+def _failed_keys(problems) -> set[str]:
+    return {m.split(":", 1)[0] for m in problems}
+
+
+def _bad(*keys: str) -> bool:
+    """Whether any of ``keys`` already has a recorded problem (skip checks that build on it)."""
+    return bool(_failed_keys(_PROBLEMS.get() or []) & set(keys))
 
 
 def archive_constant(dataset: str, name: str):
@@ -69,38 +103,38 @@ def _type_name(value) -> str:
 
 def _check_int(key: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: expected an integer, got {_type_name(value)} {value!r}")
+        return _fail(f"{key}: expected an integer, got {_type_name(value)} {value!r}", value)
     if minimum is not None and value < minimum:
-        raise ConfigError(f"{key}: must be >= {minimum}, got {value}")
+        return _fail(f"{key}: must be >= {minimum}, got {value}", value)
     if maximum is not None and value > maximum:
-        raise ConfigError(f"{key}: must be <= {maximum}, got {value}")
+        return _fail(f"{key}: must be <= {maximum}, got {value}", value)
     return value
 
 
 def _check_float(key: str, value, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}: expected a number, got {_type_name(value)} {value!r}")
+        return _fail(f"{key}: expected a number, got {_type_name(value)} {value!r}", value)
     value = float(value)
     if not math.isfinite(value):
-        raise ConfigError(f"{key}: must be finite, got {value}")
+        return _fail(f"{key}: must be finite, got {value}", value)
     if positive and value <= 0:
-        raise ConfigError(f"{key}: must be > 0, got {value}")
+        return _fail(f"{key}: must be > 0, got {value}", value)
     if not positive and value < 0:
-        raise ConfigError(f"{key}: must be >= 0, got {value}")
+        return _fail(f"{key}: must be >= 0, got {value}", value)
     return value
 
 
 def _check_str(key: str, value) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {_type_name(value)} {value!r}")
+        return _fail(f"{key}: expected a string, got {_type_name(value)} {value!r}", value)
     return value
 
 
 def _check_choice(key: str, value, choices) -> str:
     value = _check_str(key, value)
-    if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}"
-                          f"{_suggest(value, choices)}")
+    if isinstance(value, str) and value not in choices:
+        return _fail(f"{key}: {value!r} is not one of {', '.join(choices)}"
+                     f"{_suggest(value, choices)}", value)
     return value
 
 
@@ -108,23 +142,23 @@ def _check_paths(key: str, value) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and p for p in value):
-        raise ConfigError(f"{key}: expected a path or a list of paths, got {value!r}")
+        return _fail(f"{key}: expected a path or a list of paths, got {value!r}", ())
     return tuple(value)
 
 
 def _check_dumps(value) -> dict[str, str]:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"dumps: expected an object with keys {', '.join(DUMP_KEYS)}, "
-                          f"got {_type_name(value)}")
-    for sub in value:
-        if sub not in DUMP_KEYS:
-            raise ConfigError(f"dumps.{sub}: unknown key{_suggest(sub, DUMP_KEYS)} "
-                              f"(valid: {', '.join(DUMP_KEYS)})")
+        return _fail(f"dumps: expected an object with keys {', '.join(DUMP_KEYS)}, "
+                     f"got {_type_name(value)}", dict(DEFAULT_DUMPS))
     out = dict(DEFAULT_DUMPS)
     for sub, path in value.items():
-        if not isinstance(path, str) or not path:
-            raise ConfigError(f"dumps.{sub}: expected a non-empty path string, got {path!r}")
-        out[sub] = path
+        if sub not in DUMP_KEYS:
+            _fail(f"dumps.{sub}: unknown key{_suggest(sub, DUMP_KEYS)} "
+                  f"(valid: {', '.join(DUMP_KEYS)})")
+        elif not isinstance(path, str) or not path:
+            _fail(f"dumps.{sub}: expected a non-empty path string, got {path!r}")
+        else:
+            out[sub] = path
     return out
 
 
@@ -164,23 +198,37 @@ class Config:
         """Validate a plain dict (e.g. parsed JSON) and build the Config."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"config: expected a JSON object, got {_type_name(data)}")
+        problems: list[str] = []
+        token = _PROBLEMS.set(problems)
+        try:
+            return cls._from_dict(data)
+        finally:
+            _PROBLEMS.reset(token)
+            if problems:  # raised here, after the reset, so a caller sees every problem
+                raise ConfigError(problems)
+
+    @classmethod
+    def _from_dict(cls, data: Mapping[str, Any]) -> "Config | None":
         valid = cls.keys()
         for key in data:
             if key in OUTPUT_KEYS:
                 continue  # written by train.py into the dumped config; derived again here
             if key not in valid:
-                raise ConfigError(f"{key}: unknown key{_suggest(key, valid + OUTPUT_KEYS)} "
-                                  f"(valid keys: {', '.join(valid)})")
-        for key in ("model_name", "dataset", "train_tfrecord_paths"):
+                _fail(f"{key}: unknown key{_suggest(key, valid + OUTPUT_KEYS)} "
+                      f"(valid keys: {', '.join(valid)})")
+        required = ("model_name", "dataset", "train_tfrecord_paths")
+        for key in required:
             if key not in data:
-                raise ConfigError(f"{key}: required key is missing")
+                _fail(f"{key}: required key is missing")
         defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING
                              else f.default)
                     for f in dataclasses.fields(cls)
                     if not (f.default is dataclasses.MISSING
                             and f.default_factory is dataclasses.MISSING)}
         merged = {**defaults, **{k: v for k, v in data.items() if k in valid}}
-        return cls(**_validate(merged))
+        merged.update({k: _MISSING for k in required if k not in data})
+        out = _validate(merged)
+        return None if _PROBLEMS.get() else cls(**out)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Config":
@@ -190,9 +238,19 @@ class Config:
                 data = json.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a folder, expected a JSON config file") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text (byte offset {err.start})") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: config file cannot be read ({err.strerror or err})") \
+                from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:  # every problem, each naming the file and its key
+            raise ConfigError([f"{path}: {p}" for p in err.problems]) from None
 
     def replace(self, **changes) -> "Config":
         """A validated copy with some keys changed."""
@@ -294,8 +352,13 @@ class Config:
         return Path(self.dumps["features"]) / self.run_name
 
 
+_MISSING = object()  # a required key that is absent (already reported)
+
+
 def _validate(d: dict[str, Any]) -> dict[str, Any]:
-    """Type- and range-check every key, then the combinations. Returns normalised values."""
+    """Type- and range-check every key, then the combinations (each only when the keys it
+    builds on are valid). Returns normalised values; problems are recorded through ``_fail``."""
+    d = {k: (None if v is _MISSING else v) for k, v in d.items()}
     out = dict(d)
     out["model_name"] = _check_choice("model_name", d["model_name"], MODEL_NAMES)
     out["dataset"] = _check_choice("dataset", d["dataset"], DATASETS)
@@ -305,7 +368,7 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     for key in ("train_tfrecord_paths", "val_tfrecord_paths", "test_tfrecord_paths"):
         out[key] = _check_paths(key, d[key])
     if not out["train_tfrecord_paths"]:
-        raise ConfigError("train_tfrecord_paths: at least one training file is needed")
+        _fail("train_tfrecord_paths: at least one training file is needed")
     out["embed_dim"] = _check_int("embed_dim", d["embed_dim"], minimum=1)
     out["noise_prcnt"] = _check_int("noise_prcnt", d["noise_prcnt"], minimum=0, maximum=100)
     out["noisy_sel_prcnt"] = _check_int("noisy_sel_prcnt", d["noisy_sel_prcnt"], 0, 100)
@@ -317,23 +380,25 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     out["kl_weight"] = _check_float("kl_weight", d["kl_weight"])
     out["dumps"] = _check_dumps(d["dumps"])
     suffix = _check_str("suffix", d["suffix"])
-    if any(c in suffix for c in "/\\") or suffix in (".", ".."):
-        raise ConfigError(f"suffix: must not contain path separators, got {suffix!r}")
+    if isinstance(suffix, str) and (any(c in suffix for c in "/\\") or suffix in (".", "..")):
+        _fail(f"suffix: must not contain path separators, got {suffix!r}")
     out["suffix"] = suffix
     weights = d["weights"]
     if weights is not None:
         weights = _check_str("weights", weights)
-        if not os.path.isfile(weights):
-            raise ConfigError(f"weights: file {weights!r} does not exist (nothing is downloaded; "
-                              "use null for random initialisation)")
+        if isinstance(weights, str) and not os.path.isfile(weights):
+            _fail(f"weights: file {weights!r} does not exist (nothing is downloaded; "
+                  "use null for random initialisation)")
     out["weights"] = weights
 
     dataset, model = out["dataset"], out["model_name"]
-    if dataset == "BEN" and model.split("-")[-1] in ("PCE", "RRL"):
-        raise ConfigError(f"model_name: {model!r} needs pixel maps, which BEN does not have; "
-                          "use GRID-BCE or BCE with dataset BEN")
-    levels = archive_constant(dataset, "NOISE_LEVELS")
-    if out["noise_prcnt"] != 0 and out["noise_prcnt"] not in levels:
-        raise ConfigError(f"noise_prcnt: {out['noise_prcnt']} is not offered for {dataset} "
-                          f"(0 or one of {', '.join(map(str, levels))})")
+    if not _bad("dataset", "model_name") and dataset == "BEN" and \
+            model.split("-")[-1] in ("PCE", "RRL"):
+        _fail(f"model_name: {model!r} needs pixel maps, which BEN does not have; "
+              "use GRID-BCE or BCE with dataset BEN")
+    if not _bad("dataset", "noise_prcnt"):
+        levels = archive_constant(dataset, "NOISE_LEVELS")
+        if out["noise_prcnt"] != 0 and out["noise_prcnt"] not in levels:
+            _fail(f"noise_prcnt: {out['noise_prcnt']} is not offered for {dataset} "
+                  f"(0 or one of {', '.join(map(str, levels))})")
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from archives import ben
 
@@ -39,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    warnings.formatwarning = lambda msg, *_, **__: f"warning: {msg}\n"
     try:
         report = ben.prepare(
             args.root_folder, args.out_folder,
@@ -46,8 +48,12 @@ def main(argv=None) -> int:
             noise_levels=args.noise_levels, seed=args.seed, schema=args.schema,
             workers=args.workers, skip_invalid=args.skip_invalid)
     except ValueError as err:
-        print(f"prep_BEN_noisy.py: error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: no file was published (temporaries removed); run again to prepare",
+              file=sys.stderr)
+        return 130
     print(report.summary())
     absent = report.extra["listed_but_absent"]
     print("listed but absent under the root: " + ", ".join(f"{k} {v}" for k, v in absent.items()))

@@ -40,6 +40,10 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: no file was published (temporaries removed); run again to prepare",
+              file=sys.stderr)
+        return 130
     print(report.summary())
     return 0
 

@@ -123,11 +123,25 @@ def run_config(path: str, args) -> tuple[str, dict]:
         return make_dataset(paths, cfg["dataset"], training=False, batch_size=args.batch_size)
 
     out_dir = Path(cfg["dumps"]["features"]) / cfg["run_name"]
+    from atomic_files import remove_stale_temps
+    for stale in remove_stale_temps(out_dir):
+        print(f"removed {stale}, left by an interrupted earlier run", file=sys.stderr)
     files = {}
     for side, key in (("query", "train_tfrecord_paths"), ("archive", "test_tfrecord_paths")):
         files[side] = out_dir / f"{side}.h5"
-        reused = ensure_features(files[side], cfg["feature_model_path"], cfg[key], make,
-                                 progress=not args.quiet)
+        try:
+            reused = ensure_features(files[side], cfg["feature_model_path"], cfg[key], make,
+                                     progress=not args.quiet)
+        except Exception as err:  # a damaged record file: name it (else the error stands)
+            import tensorflow as tf
+            if not isinstance(err, (tf.errors.OpError, ValueError)) or \
+                    isinstance(err, FeatureFileError):
+                raise
+            from run_guard import records_error
+            named = records_error(cfg[key], cfg["dataset"], err, "feature extraction stopped")
+            if named is err:
+                raise
+            raise named from None
         print(f"{cfg['run_name']}: {side} features {'reused' if reused else 'written'}: "
               f"{files[side]}", file=sys.stderr)
     res = score(files["query"], files["archive"], args, cfg["dataset"],
@@ -153,10 +167,31 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def check_args(args) -> None:
+    """ValueError naming the option or file for values that would fail only after the work."""
+    for opt in ("query_block", "archive_block", "batch_size", "plot_topk"):
+        if getattr(args, opt) < 1:
+            raise ValueError(f"--{opt.replace('_', '-')}: must be >= 1, got {getattr(args, opt)}")
+    if not args.max_memory_mb >= 0:
+        raise ValueError(f"--max-memory-mb: must be >= 0, got {args.max_memory_mb}")
+    if args.json:
+        target = Path(args.json)
+        if target.is_dir():
+            raise ValueError(f"{target}: --json names a folder; give a file path")
+        for parent in target.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ValueError(f"{target}: --json cannot be written: {parent} is a file")
+                break
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import warnings
+    warnings.formatwarning = lambda msg, *_, **__: f"warning: {msg}\n"
     results: dict[str, dict] = {}
     try:
+        check_args(args)
         if args.configs:
             for path in args.configs:
                 name, res = run_config(path, args)
@@ -169,6 +204,9 @@ def main(argv=None) -> int:
     except (FeatureFileError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     for name, res in results.items():
         print(f"{name}: {res['num_queries']} queries x {res['num_archive']} archive, "
               f"{res['metric']}, K={res['max_topk']}, {res['ranking_seconds']} s")

@@ -1,8 +1,9 @@
 """Train a GRID variant or baseline from a JSON config: ``python train.py CONFIG.json [--resume]``.
 
 The loop itself lives in ``training.py``; this file only parses the command line.
-Exit codes: 0 done (or stopped by --max-epochs), 2 bad config or missing input,
-3 a loss became NaN/Inf, 130 interrupted (a checkpoint was saved).
+Exit codes: 0 done (or stopped by --max-epochs); 2 a named error (`error: <file>: <what>`):
+bad config, missing or damaged input, an existing run without --resume/--overwrite, an output
+that cannot be written; 3 a loss became NaN/Inf; 130 interrupted (a checkpoint was saved).
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import sys
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="JSON config file (see README: configuration)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the run's last checkpoint (exactly, even mid-epoch); "
-                             "without it a run starts afresh and its old checkpoints go")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue from the run's newest readable checkpoint (even mid-epoch)")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start over a run that already exists, deleting its checkpoints, "
+                            "summaries and outputs (without it such a run is refused)")
     parser.add_argument("--max-epochs", type=int, default=None, metavar="N",
                         help="stop after N more epochs in this call (the run keeps nb_epoch; "
                              "finish later with --resume)")
@@ -33,17 +37,19 @@ def main(argv=None) -> int:
     try:
         cfg = Config.from_json(args.config)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+        for problem in err.problems:  # every mistake of the config, one line each
+            print(f"error: {problem}", file=sys.stderr)
         return 2
 
     import training
+    from atomic_files import WriteError
 
     print(f"run {cfg.run_name} ({cfg.model_name}, backbone {cfg.backbone}, "
           f"strategy {cfg.strategy})")
     try:
-        result = training.train(cfg, resume=args.resume, max_epochs=args.max_epochs,
-                                 show_progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError) as err:
+        result = training.train(cfg, resume=args.resume, overwrite=args.overwrite,
+                                 max_epochs=args.max_epochs, show_progress=not args.no_progress)
+    except (ConfigError, training.RunError, WriteError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except training.TrainingDiverged as err:

@@ -3,9 +3,10 @@
 ``train(cfg, resume=..., max_epochs=...)`` builds the model under the tf.distribute strategy,
 runs the compiled step from ``models.grid`` over ``archives.pipeline.make_dataset`` batches,
 logs TensorBoard scalars from the step's returned metrics (never inside the compiled step),
-checkpoints every epoch (and on Ctrl-C, mid-epoch, resumable exactly), stops on a non-finite
+checkpoints every epoch before validating it (and on Ctrl-C, mid-epoch), stops on a non-finite
 loss without saving the bad state, and finally writes ``feature_model.keras`` and the dumped
-config atomically.
+config atomically. Inputs are checked (``run_guard``) before any output of an earlier run is
+touched, and an existing run is never replaced without ``overwrite=True``.
 """
 from __future__ import annotations
 
@@ -16,15 +17,17 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from atomic_files import atomic_path, write_json_atomic
+import run_guard
+from atomic_files import atomic_path, remove_stale_temps, write_json_atomic
 from config import Config, ConfigError
+from run_guard import RunError
 
 MAX_CHECKPOINTS = 3
 
@@ -101,12 +104,6 @@ def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
 # ---- small helpers ----------------------------------------------------------------------------
 def _print(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _check_files(key: str, paths: Iterable[str], hint: str = "") -> None:
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise FileNotFoundError(f"{key}: missing TFRecord file(s) {', '.join(missing)}{hint}")
 
 
 def _to_numbers(strategy, metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -196,48 +193,74 @@ class _Run:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self.time_s = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="time_s")
+        # JSON of the last epoch's training means while its validation and report are pending
+        # (a checkpoint is written before validation); "" once the epoch is reported
+        self.pending = tf.Variable("", dtype=tf.string, trainable=False, name="pending_report")
         self.checkpoint = tf.train.Checkpoint(
             optimizer=self.optimizer, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
-            training_time_s=self.time_s, **dict(self.model.keras_models))
+            training_time_s=self.time_s, pending_report=self.pending,
+            **dict(self.model.keras_models))
         self.eval_step = make_eval_step(self.model, cfg)
         ckpt_dir = cfg.checkpoint_dir if self.chief else cfg.checkpoint_dir / f"tmp-{worker}"
-        if not resume and self.chief and ckpt_dir.exists():
-            log(f"starting afresh: removing old checkpoints in {ckpt_dir}")
-            shutil.rmtree(ckpt_dir)
+        self.ckpt_dir = ckpt_dir
+        if self.chief:
+            for path in run_guard.remove_checkpoint_temps(ckpt_dir):
+                log(f"removed {path}, left by an interrupted or failed checkpoint write")
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(ckpt_dir),
                                                   max_to_keep=MAX_CHECKPOINTS)
-        if resume and self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            log(f"resumed from {self.manager.latest_checkpoint}: epoch {int(self.epoch)} done, "
+        self.last_good: str | None = None
+        self.unsaved = False  # True once a step has changed the state since the last save
+        self.saved_pending = False  # the newest checkpoint still awaits its epoch's report
+        if resume and self.manager.checkpoints:
+            self.last_good = run_guard.restore_newest_readable(
+                self.checkpoint, self.manager.checkpoints, log)
+            self.saved_pending = bool(self.pending.numpy())
+            log(f"resumed from {self.last_good}: epoch {int(self.epoch)} done, "
                 f"{int(self.step_in_epoch)} step(s) into the next")
         elif resume:
             log(f"--resume: no checkpoint in {ckpt_dir}; starting afresh")
 
     def save(self) -> None:
-        path = self.manager.save()
+        """Write a checkpoint; a failed write (full disk) leaves no ``ckpt-N_temp`` and raises
+        RunError naming the folder."""
+        try:
+            path = self.manager.save()
+        except (tf.errors.OpError, OSError) as err:
+            run_guard.remove_checkpoint_temps(self.ckpt_dir)
+            raise RunError(f"{self.ckpt_dir}: checkpoint could not be written "
+                           f"({run_guard._first_line(err)}); the previous checkpoint "
+                           f"{self.last_good or '(none)'} is kept") from None
+        self.unsaved = False
+        self.saved_pending = bool(self.pending.numpy())
         if not self.chief:  # other workers must take part in saving but keep nothing
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        else:
+            self.last_good = path
 
 
-def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
-          show_progress: bool = True, log: Callable[[str], None] = _print) -> RunResult:
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
+          max_epochs: int | None = None, show_progress: bool = True,
+          log: Callable[[str], None] = _print) -> RunResult:
     """Train (or continue) the run of ``cfg``; at most ``max_epochs`` epochs in this call.
 
-    Raises TrainingDiverged on a NaN/Inf loss (nothing saved) and re-raises KeyboardInterrupt
-    after saving a mid-epoch checkpoint that ``resume=True`` continues exactly.
+    Every input is checked first. Without ``resume``, a run whose outputs exist is refused
+    (RunError) unless ``overwrite`` is given. Raises TrainingDiverged on a NaN/Inf loss (nothing
+    saved), RunError naming the file for a damaged record file or a failed checkpoint write
+    (after checkpointing what can be), and re-raises KeyboardInterrupt after saving a
+    checkpoint that ``resume=True`` continues from.
     """
     from archives.pipeline import make_dataset
 
-    _check_files("train_tfrecord_paths", cfg.noisy_train_paths,
-                 f" (noise_prcnt {cfg.noise_prcnt} reads train_noise_prcnt<N>.tfrecord; "
-                 "make it with the prep script)" if cfg.noise_prcnt else "")
-    _check_files("val_tfrecord_paths", cfg.val_tfrecord_paths)
+    run_guard.check_inputs(cfg)
+    run_guard.check_outputs(cfg)
     configure_devices(cfg)
     strategy = make_strategy(cfg.strategy)
+    if not resume and _worker_role(strategy)[0]:
+        run_guard.clear_for_fresh_start(cfg, overwrite, log)
+    for path in remove_stale_temps(cfg.weights_dir) + remove_stale_temps(cfg.config_dump_path.parent):
+        log(f"removed {path}, left by an interrupted earlier run")
     run = _Run(cfg, strategy, resume, log)
     log(f"strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s)")
-    if run.chief and not resume and cfg.summaries_dir.exists():
-        shutil.rmtree(cfg.summaries_dir)
     writer = (tf.summary.create_file_writer(str(cfg.summaries_dir)) if run.chief
               else tf.summary.create_noop_writer())
 
@@ -248,6 +271,7 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
     n_batches: int | None = None
     epoch_means: dict[str, float] = {}
     val: dict[str, float] = {}
+    reported = False
     epoch_start_iter: int | None = None
     session_start = time.perf_counter()
     time_at_start = float(run.time_s)
@@ -256,6 +280,12 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
         return time_at_start + time.perf_counter() - session_start
 
     try:
+        pending = run.pending.numpy().decode()
+        if pending:  # stopped after its checkpoint, before validation/report: finish that epoch
+            epoch_means = {k: float(v) for k, v in json.loads(pending).items()}
+            log(f"epoch {start_epoch} was checkpointed but not yet validated: validating it now")
+            val = _report_epoch(run, writer, epoch_means, start_epoch, elapsed)
+            reported = True
         for epoch in range(start_epoch, end_epoch):
             skip = int(run.step_in_epoch)
             ds = make_dataset(list(cfg.noisy_train_paths), cfg.dataset, training=True,
@@ -270,41 +300,47 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
             steps = 0
             bar = tqdm(total=n_batches, initial=skip, desc=f"epoch {epoch + 1}/{cfg.nb_epoch}",
                        disable=not show_progress, leave=False, dynamic_ncols=True)
-            with bar:
-                for batch in ds:
-                    values = _to_numbers(strategy, run.train_step(batch))
-                    steps += 1
-                    # each step applies the optimizer once: its counter, without another read
-                    step = epoch_start_iter + skip + steps
-                    bad = _first_non_finite(values)
-                    if bad is not None:
-                        last = run.manager.latest_checkpoint or "none (no epoch finished)"
-                        raise TrainingDiverged(
-                            f"non-finite {bad} = {values[bad]} at epoch {epoch + 1}, step "
-                            f"{skip + steps} of the epoch (global step {step}); "
-                            f"stopped without saving. Last good checkpoint: {last}")
-                    _write_scalars(writer, "train", values, step)
-                    for key, value in values.items():
-                        sums[key] = sums.get(key, 0.0) + value
-                    if show_progress:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{sums.get('loss', 0.0) / steps:.4f}")
+            try:
+                with bar:
+                    for batch in ds:
+                        run.unsaved = True  # from here on the state differs from the last save
+                        values = _to_numbers(strategy, run.train_step(batch))
+                        steps += 1
+                        # each step applies the optimizer once: its counter, without another read
+                        step = epoch_start_iter + skip + steps
+                        bad = _first_non_finite(values)
+                        if bad is not None:
+                            last = run.last_good or "none (no epoch finished)"
+                            raise TrainingDiverged(
+                                f"non-finite {bad} = {values[bad]} at epoch {epoch + 1}, step "
+                                f"{skip + steps} of the epoch (global step {step}); "
+                                f"stopped without saving. Last good checkpoint: {last}")
+                        _write_scalars(writer, "train", values, step)
+                        for key, value in values.items():
+                            sums[key] = sums.get(key, 0.0) + value
+                        if show_progress:
+                            bar.update(1)
+                            bar.set_postfix(loss=f"{sums.get('loss', 0.0) / steps:.4f}")
+            except tf.errors.OpError as err:
+                named = run_guard.records_error(cfg.noisy_train_paths, cfg.dataset, err,
+                                                "training stopped")
+                if named is err:
+                    raise
+                _save_on_interrupt(run, epoch_start_iter, elapsed(), "stopped by a damaged file")
+                raise named from None
             n_batches = steps + skip
             epoch_means = {k: v / steps for k, v in sums.items()} if steps else {}
             run.epoch.assign(epoch + 1)
             run.step_in_epoch.assign(0)
             epoch_start_iter = None
-            step = _iterations(run.optimizer)
-            _write_scalars(writer, "epoch_train", epoch_means, step)
-            val = evaluate(run.eval_step, cfg, cfg.val_tfrecord_paths)
-            _write_scalars(writer, "val", val, step)
-            writer.flush()
+            # checkpoint first: a failing or interrupted validation never costs the epoch
+            run.pending.assign(json.dumps(epoch_means))
             run.time_s.assign(elapsed())
             run.save()
-            msg = f"epoch {epoch + 1}/{cfg.nb_epoch}: loss {epoch_means.get('loss', math.nan):.4f}"
-            if val:
-                msg += f", val loss {val.get('loss', math.nan):.4f}"
-            log(f"{msg} ({elapsed():.1f} s total)")
+            val = _report_epoch(run, writer, epoch_means, epoch + 1, elapsed)
+            reported = True
+        if run.saved_pending:  # this call ends here: record that its last epoch is reported
+            run.save()
     except KeyboardInterrupt:
         _save_on_interrupt(run, epoch_start_iter, elapsed())
         writer.flush()
@@ -319,7 +355,7 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
         feature_path = cfg.feature_model_path
         save_feature_model(run.model.feature_model, feature_path)
         dump_path = cfg.config_dump_path
-        if start_epoch == end_epoch:  # nothing trained in this call: keep the earlier metrics
+        if not reported:  # nothing trained or validated in this call: keep the earlier metrics
             final = _previous_final_metrics(dump_path)
         else:
             final = {**epoch_means, **{f"val_{k}": v for k, v in val.items()}}
@@ -329,6 +365,34 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
                      feature_path, dump_path, run.model, run.optimizer)
 
 
+def _report_epoch(run: _Run, writer, epoch_means: Mapping[str, float], epoch: int,
+                  elapsed: Callable[[], float]) -> dict[str, float]:
+    """Log epoch ``epoch``'s training means, validate, log and print; clears ``run.pending``.
+    A damaged validation file raises RunError naming it (the epoch's checkpoint is saved)."""
+    cfg = run.cfg
+    step = _iterations(run.optimizer)
+    try:
+        val = evaluate(run.eval_step, cfg, cfg.val_tfrecord_paths)
+    except tf.errors.OpError as err:
+        named = run_guard.records_error(
+            cfg.val_tfrecord_paths, cfg.dataset, err,
+            f"epoch {epoch} is checkpointed ({run.last_good}); replace the file and continue "
+            "with --resume, which validates it")
+        if named is err:
+            raise
+        raise named from None
+    # both written once validation succeeded: a resumed epoch never logs them twice
+    _write_scalars(writer, "epoch_train", epoch_means, step)
+    _write_scalars(writer, "val", val, step)
+    writer.flush()
+    run.pending.assign("")
+    msg = f"epoch {epoch}/{cfg.nb_epoch}: loss {epoch_means.get('loss', math.nan):.4f}"
+    if val:
+        msg += f", val loss {val.get('loss', math.nan):.4f}"
+    run.log(f"{msg} ({elapsed():.1f} s total)")
+    return val
+
+
 def _previous_final_metrics(path: Path) -> dict[str, float]:
     try:
         return dict(json.loads(path.read_text()).get("final_metrics") or {})
@@ -336,16 +400,23 @@ def _previous_final_metrics(path: Path) -> dict[str, float]:
         return {}
 
 
-def _save_on_interrupt(run: _Run, epoch_start_iter: int | None, total_s: float) -> None:
-    """Checkpoint the current (finite) state so that resume continues mid-epoch exactly."""
+def _save_on_interrupt(run: _Run, epoch_start_iter: int | None, total_s: float,
+                       why: str = "interrupted") -> None:
+    """Checkpoint the current (finite) state so that resume continues from it (mid-epoch too)."""
+    if not run.unsaved and run.last_good and run.saved_pending == bool(run.pending.numpy()):
+        where = ("its validation and report are done by --resume"
+                 if run.pending.numpy() else "continue with --resume")
+        run.log(f"{why}: {run.last_good} already holds the current state (epoch "
+                f"{int(run.epoch)} done); {where}")
+        return
     if not _weights_finite(run.model.trainable_variables):
-        run.log("interrupted: weights are not finite; kept the last good checkpoint")
+        run.log(f"{why}: weights are not finite; kept the last good checkpoint")
         return
     if epoch_start_iter is not None:
         run.step_in_epoch.assign(_iterations(run.optimizer) - epoch_start_iter)
     run.time_s.assign(total_s)
     run.save()
-    run.log(f"interrupted: saved {run.manager.latest_checkpoint} (epoch {int(run.epoch)} done, "
+    run.log(f"{why}: saved {run.last_good} (epoch {int(run.epoch)} done, "
             f"{int(run.step_in_epoch)} step(s) into the next); continue with --resume")
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -124,6 +125,9 @@ def read_labels19(root: str | os.PathLike, patch: str) -> list[str]:
     labels = meta.get("labels") if isinstance(meta, dict) else None
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise InvalidPatch(f"{path}: metadata JSON has no list of names under 'labels'")
+    if not labels:
+        raise InvalidPatch(f"{path}: metadata JSON lists no label ('labels' is empty); every "
+                           "BigEarthNet patch has at least one")
     return labels_43_to_19(labels, str(path))
 
 
@@ -191,14 +195,27 @@ def read_patch_worker(args: tuple) -> tuple[str, dict | None, str | None]:
 # ---------------------------------------------------------------- splits
 
 def read_split_csv(path: str | os.PathLike) -> list[str]:
-    """Patch names of a split file (first field of each non-empty line, file order kept)."""
+    """Patch names of a split file (first field of each non-empty line, file order kept).
+
+    UTF-8, with or without a byte-order mark; ValueError naming the file (and line) for
+    another encoding, a folder, or a patch listed twice."""
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            names = [row[0].strip() for row in csv.reader(fh) if row and row[0].strip()]
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = [(i, row[0].strip()) for i, row in enumerate(csv.reader(fh), 1)
+                    if row and row[0].strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: split file is not UTF-8 text (byte {err.object[err.start]:#04x} "
+                         f"at offset {err.start})") from None
     except OSError as err:
-        raise ValueError(f"{path}: split file cannot be read ({err})") from None
-    return names
+        raise ValueError(f"{path}: split file cannot be read ({err.strerror or err})") from None
+    first: dict[str, int] = {}
+    for line, name in rows:
+        if name in first:
+            raise ValueError(f"{path}: patch {name} is listed twice (lines {first[name]} and "
+                             f"{line})")
+        first[name] = line
+    return [name for _, name in rows]
 
 
 def official_splits(root: str | os.PathLike) -> tuple[dict[str, list[str]], dict[str, int]]:
@@ -225,8 +242,8 @@ def official_splits(root: str | os.PathLike) -> tuple[dict[str, list[str]], dict
 def inject_noise(clean: np.ndarray, percent: int, rng: np.random.Generator) -> np.ndarray:
     """Noisy copy of clean multi-hot labels (N, C) float32, SPEC section 2 for BEN.
 
-    ``archives.noise.pick_count`` (percent % of the positive (patch, class) pairs, rounded half
-    up) pairs are picked uniformly without replacement; each picked class is set to 0 and one
+    ``archives.noise.pick_count`` (percent % of the positive (patch, class) pairs, rounded
+    down as published) pairs are picked uniformly without replacement; each picked class is set to 0 and one
     other class, drawn uniformly among the classes not being removed from that patch, is set
     to 1. Excluding the patch's other removed classes keeps every picked pair changed, so the
     realised share of changed pairs is exactly pick_count / pairs; a draw may land on a class
@@ -404,7 +421,7 @@ def resolve_splits(root: Path, csvs: dict, skip_invalid: bool, skipped: list) ->
                          f"missing: {', '.join(missing)}")
     splits, absent = {}, {}
     for split in SPLITS:
-        names = list(dict.fromkeys(read_split_csv(given[split])))  # drop repeats, keep order
+        names = read_split_csv(given[split])
         kept = []
         for name in names:
             if (root / name).is_dir():
@@ -433,6 +450,7 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
     csvs: {"train"|"val"|"test": path or None}. Invalid items stop the run with InvalidPatch
     (ValueError) naming the file, or with ``skip_invalid`` are warned about, skipped and listed.
     """
+    import signal
     import time
     from concurrent.futures import ProcessPoolExecutor
     from contextlib import ExitStack
@@ -460,7 +478,9 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
     def source(split):
         return csvs.get(split) or f"official {split} list restricted to {root}"
 
-    pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    # workers ignore Ctrl-C: the main process alone handles it (one message, no tracebacks)
+    pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
             if workers > 1 else None)
     window = max(64, 64 * workers)
     try:
@@ -518,6 +538,10 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
         if pool:
             pool.shutdown(cancel_futures=True)
 
+    if no_target:
+        warnings.warn(f"{no_target} patch(es) have no label in the 19-class nomenclature (all "
+                      "their CORINE classes were dropped): their multi-hot is all zero; "
+                      "see patches_without_19_class_label in the report", stacklevel=2)
     rows = np.array(written_rows, int)
     report = PrepReport(dataset=NAME, out_dir=str(tf_dir), schema=schema, seed=seed,
                         noise_levels=levels, records=records, skipped=skipped)

@@ -10,7 +10,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from atomic_files import atomic_path
+from atomic_files import WriteError, atomic_path, remove_stale_temps
 
 
 def _varint(n: int) -> bytes:
@@ -54,12 +54,43 @@ def example_keys(path: str | os.PathLike) -> set[str]:
     raise ValueError(f"{path}: TFRecord file holds no record")
 
 
+class _NamedWriter:
+    """A TFRecordWriter whose write errors (a full disk: ResourceExhaustedError) name the file."""
+
+    def __init__(self, path: Path, tmp: Path):
+        self.path = path
+        self._writer = tf.io.TFRecordWriter(str(tmp))
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except tf.errors.OpError as err:
+            raise WriteError(f"{self.path}: cannot be written "
+                             f"({err.message.splitlines()[0] if err.message else err})") from None
+
+    def write(self, raw: bytes) -> None:
+        self._call(self._writer.write, raw)
+
+    def flush(self) -> None:
+        self._call(self._writer.flush)
+
+    def close(self) -> None:
+        self._call(self._writer.close)
+
+
 @contextlib.contextmanager
-def atomic_tfrecord_writer(path: str | os.PathLike) -> Iterator[tf.io.TFRecordWriter]:
+def atomic_tfrecord_writer(path: str | os.PathLike) -> Iterator[_NamedWriter]:
     """Write a TFRecord file under a temporary name and rename it into place on success
-    (see ``atomic_path``)."""
-    with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
-        yield writer
+    (see ``atomic_path``); write errors raise WriteError naming ``path``."""
+    with atomic_path(path) as tmp:
+        writer = _NamedWriter(Path(path), tmp)
+        try:
+            yield writer
+        except BaseException:
+            with contextlib.suppress(Exception):
+                writer._writer.close()
+            raise
+        writer.close()
 
 
 def records_dataset(paths, parser_for: Callable[[str], Callable]) -> tf.data.Dataset:
@@ -91,6 +122,8 @@ def check_writable(folder: str | os.PathLike) -> None:
         probe.unlink()
     except OSError as err:
         raise ValueError(f"{folder}: output folder cannot be written ({err.strerror or err})") from err
+    for path in remove_stale_temps(folder):
+        warnings.warn(f"removed {path}, left by an interrupted earlier run", stacklevel=2)
 
 
 def skip_or_raise(error: Exception, skip_invalid: bool, skipped: list, item, reason: str) -> None:

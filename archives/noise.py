@@ -16,8 +16,11 @@ def check_levels(levels) -> list[int]:
 
 
 def pick_count(pairs_count: int, prcnt: float) -> int:
-    """Number of pairs to pick: ``prcnt`` % of ``pairs_count``, rounded half up."""
-    return int(np.floor(pairs_count * prcnt / 100.0 + 0.5))
+    """Number of pairs to pick: ``prcnt`` % of ``pairs_count``, rounded down.
+
+    Written as the published prep scripts compute it, ``int(pairs * N * 0.01)``, so a user gets
+    exactly the published amount of noise (SPEC section 2)."""
+    return int(pairs_count * prcnt * 0.01)
 
 
 def sample_pairs(pairs_count: int, prcnt: float, rng: np.random.Generator) -> np.ndarray:

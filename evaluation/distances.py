@@ -7,7 +7,9 @@ formula is no longer a metric, and a denominator of exactly 0 gives inf). NaN re
 
 Chi-square backends (``GRID_CHI2_BACKEND`` = auto | c | xla | numpy):
 - ``c``: a 15-line C kernel (``_chi2_kernel.c``) compiled on first use with the system C compiler
-  into ``$GRID_CACHE`` (default ``~/.cache/grid-retrieval``), called through ctypes with the
+  into ``$GRID_CACHE`` (default ``~/.cache/grid-retrieval``; must be private to the user, and
+  the library is loaded only if its sha256 matches the one recorded at build time), called
+  through ctypes with the
   query rows split over all cores: about 2.3-3e9 pair-dims/s on this 2-core machine.
 - ``xla``: a ``tf.function(jit_compile=True)`` broadcast + reduce (about 0.15-0.5e9).
 - ``numpy``: plain broadcasting, the reference (about 0.1-0.2e9).
@@ -54,22 +56,62 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("GRID_CACHE", Path.home() / ".cache" / "grid-retrieval"))
 
 
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _private_cache() -> Path:
+    """The cache folder, created private (0700); OSError unless it is owned by this user and
+    writable by nobody else (another user could otherwise swap in a library of their own)."""
+    folder = _cache_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = folder.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise OSError(f"{folder}: cache folder belongs to another user")
+    if st.st_mode & 0o022:
+        raise OSError(f"{folder}: cache folder is writable by other users "
+                      f"(mode {st.st_mode & 0o777:o}); make it private: chmod 700")
+    return folder
+
+
+def _build_c(lib_path: Path) -> None:
+    """Compile the kernel to ``lib_path`` and record its sha256 beside it (``.sha256``)."""
+    cc = os.environ.get("CC", "cc")
+    with atomic_path(lib_path) as tmp:  # no half-written library on failure
+        cmd = [cc, "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
+               "-fassociative-math", "-fno-signed-zeros", "-shared", "-fPIC",
+               str(_SRC), "-o", str(tmp)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        digest = _file_sha256(tmp)
+    with atomic_path(lib_path.with_name(lib_path.name + ".sha256")) as tmp:
+        tmp.write_text(digest + "\n")
+
+
+def _verified(lib_path: Path) -> bool:
+    """Whether ``lib_path`` is the library this project built (its recorded sha256 matches)."""
+    record = lib_path.with_name(lib_path.name + ".sha256")
+    try:
+        return record.read_text().strip() == _file_sha256(lib_path)
+    except OSError:
+        return False
+
+
 def _load_c():
-    """Compile (once per source/host) and load the C kernel; False when that is impossible."""
+    """Compile (once per source/host) and load the C kernel; False when that is impossible.
+
+    Only a library this project built is loaded: the cache folder must be private to the user,
+    and the library's sha256 must match the one recorded when it was built (else it is rebuilt)."""
     global _LIB
     if _LIB is not None:
         return _LIB
     src = _SRC.read_bytes()
     key = hashlib.sha256(src + platform.node().encode() + platform.machine().encode()).hexdigest()[:16]
-    lib_path = _cache_dir() / f"chi2_{key}.so"
     try:
-        if not lib_path.exists():
-            cc = os.environ.get("CC", "cc")
-            with atomic_path(lib_path) as tmp:  # no half-written library on failure
-                cmd = [cc, "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
-                       "-fassociative-math", "-fno-signed-zeros", "-shared", "-fPIC",
-                       str(_SRC), "-o", str(tmp)]
-                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        lib_path = _private_cache() / f"chi2_{key}.so"
+        if not _verified(lib_path):
+            _build_c(lib_path)
+            if not _verified(lib_path):
+                raise OSError(f"{lib_path}: library changed while it was being built")
         lib = ctypes.CDLL(str(lib_path))
         p = ctypes.POINTER(ctypes.c_float)
         lib.chi2_block.argtypes = [p, p, p, ctypes.c_long, ctypes.c_long, ctypes.c_long]

@@ -7,10 +7,11 @@ unknown), clipped to the archive size; an explicit K larger than the archive is 
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
-from evaluation.features import FeatureFileError, FeatureSet, check_pair
+from evaluation.features import FeatureFileError, FeatureSet, check_nonnegative, check_pair
 from evaluation.metrics import NDCG_KS, REPORT_KS, archive_gains, per_query_metrics, shared_counts
 from evaluation.ranking import topk_blocks
 
@@ -39,8 +40,21 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
     ``keep``: also return the top-K indices of the first ``keep`` queries (key ``topk_index``).
     """
     check_pair(query, archive)
+    if metric == "chi2":  # chi-square is defined for non-negative features only
+        check_nonnegative(query.path, query.feature)
+        check_nonnegative(archive.path, archive.feature)
     k = resolve_topk(max_topk, archive, dataset)
-    kmax_global = max([x for x in REPORT_KS if x <= k], default=1)
+    # the standard cutoffs up to K, and K itself (an archive smaller than 10 still gets a table)
+    report_ks = sorted({x for x in REPORT_KS if x <= k} | {k})
+    ndcg_ks = sorted({x for x in NDCG_KS if x <= k} | {k})
+    kmax_global = max(report_ks)
+    empty = {}
+    for side in (query, archive):
+        n_empty = int((np.asarray(side.label).sum(1) == 0).sum())
+        empty[side.path] = n_empty
+        if n_empty:
+            warnings.warn(f"{side.path}: {n_empty} of {len(side)} label sets are all zero (they "
+                          "share no label with anything: such queries score 0)", stacklevel=2)
     sums: dict[str, float] = {}
     no_relevant = 0
     kept = []
@@ -54,7 +68,7 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
         s = shared_counts(qlab, archive.label, idx)
         n_rel, ideal = archive_gains(qlab, archive.label, kmax_global)
         no_relevant += int((n_rel == 0).sum())
-        for name, values in per_query_metrics(s, n_rel, ideal, REPORT_KS, NDCG_KS).items():
+        for name, values in per_query_metrics(s, n_rel, ideal, report_ks, ndcg_ks).items():
             sums[name] = sums.get(name, 0.0) + float(values.sum())
         if len(kept) * query_block < keep:
             kept.append(idx)
@@ -63,7 +77,8 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
     result = {
         "query_features": query.path, "archive_features": archive.path, "metric": metric,
         "max_topk": k, "num_queries": n, "num_archive": len(archive), "feature_dim": query.dim,
-        "queries_without_relevant": no_relevant, "ranking_seconds": round(seconds, 3),
+        "queries_without_relevant": no_relevant, "queries_without_labels": empty[query.path],
+        "archive_without_labels": empty[archive.path], "ranking_seconds": round(seconds, 3),
         "metrics": {name: total / n for name, total in sums.items()},
     }
     if dataset in HEADLINE and HEADLINE[dataset] in result["metrics"]:

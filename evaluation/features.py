@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -99,6 +100,17 @@ def check_finite(path: str, feature) -> None:
             raise FeatureFileError(f"{path}: feature holds NaN or Inf values (first at row {row})")
 
 
+def check_nonnegative(path: str, feature) -> None:
+    """FeatureFileError if any feature value is negative (chi-square needs u + v >= 0)."""
+    for lo in range(0, feature.shape[0], FINITE_CHUNK):
+        block = np.asarray(feature[lo:lo + FINITE_CHUNK])
+        if (block < 0).any():
+            row = lo + int(np.flatnonzero((block < 0).any(1))[0])
+            raise FeatureFileError(f"{path}: feature holds negative values (first at row {row}); "
+                                   "chi-square is defined for non-negative features: use "
+                                   "--metric euclidean or --metric cosine")
+
+
 def read_features(path, in_memory: bool = True, check: bool = True) -> FeatureSet:
     """Open and validate a feature file. With ``in_memory=False`` ``feature`` stays on disk."""
     path = str(path)
@@ -123,7 +135,9 @@ def read_features(path, in_memory: bool = True, check: bool = True) -> FeatureSe
             names = handle["patch_name"][()]
             if len(names) != feat.shape[0]:
                 raise FeatureFileError(f"{path}: {feat.shape[0]} features but {len(names)} patch names")
-        else:
+        else:  # optional: features made elsewhere may have no names
+            warnings.warn(f"{path}: no patch_name dataset; rows are named by their index",
+                          stacklevel=2)
             names = np.array([str(i).encode() for i in range(feat.shape[0])], dtype=object)
         label = label[()].astype(np.float32)
         if in_memory:  # read once; the finite check then runs on the array
@@ -193,7 +207,12 @@ def ensure_features(out_path, model_path, record_paths: Sequence, make_dataset: 
     if load_model is None:
         import keras
         load_model = keras.models.load_model
-    model = load_model(str(model_path))
+    try:
+        model = load_model(str(model_path))
+    except Exception as err:  # a truncated .keras file fails in many ways ("File not found", ...)
+        text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise FeatureFileError(f"{model_path}: cannot be loaded as a Keras model ({text})") \
+            from None
     feat, label, names = extract_features(model, make_dataset(list(map(str, record_paths))),
                                           progress=progress)
     write_features(out_path, feat, label, names, fp)

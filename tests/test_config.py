@@ -160,3 +160,65 @@ def test_atomic_writes_replace_whole_or_keep_the_old_file(tmp_path):
             raise KeyboardInterrupt
     assert json.loads(path.read_text()) == {"a": [1, 2]}  # old content kept
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.json"]  # no temporary left
+
+
+def test_every_mistake_is_reported_at_once_each_with_its_key(tmp_path):
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps(base(learning_rte=0.1, batch_size=0, dataset="DLRDS",
+                                    noise_prcnt="50", dumps={"model_weight": "w"},
+                                    suffix="a/b")))
+    with pytest.raises(ConfigError) as info:
+        Config.from_json(path)
+    problems = info.value.problems
+    keys = [p.split(": ")[1] for p in problems]
+    assert sorted(keys) == ["batch_size", "dataset", "dumps.model_weight", "learning_rte",
+                            "noise_prcnt", "suffix"], problems
+    assert all(p.startswith(f"{path}: ") and "\n" not in p for p in problems)
+    assert "did you mean 'learning_rate'" in problems[keys.index("learning_rte")]
+    assert "did you mean 'DLRSD'" in problems[keys.index("dataset")]
+    # a missing required key is reported once, beside the other mistakes
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict({"model_name": "BCE", "train_tfrecord_paths": "x", "seed": -1})
+    assert info.value.problems == ["dataset: required key is missing",
+                                   "seed: must be >= 0, got -1"]
+
+
+def test_config_path_that_is_a_folder_is_a_named_error(tmp_path):
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: is a folder"):
+        Config.from_json(tmp_path)
+
+
+def test_atomic_write_syncs_before_the_rename_and_names_the_file(tmp_path, monkeypatch):
+    import os
+
+    import atomic_files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic_files.os, "fsync", lambda fd: (events.append("fsync"),
+                                                             real_fsync(fd))[1])
+    monkeypatch.setattr(atomic_files.os, "replace", lambda a, b: (events.append("replace"),
+                                                                 real_replace(a, b))[1])
+    write_json_atomic(tmp_path / "x.json", {"a": 1})
+    assert events[:2] == ["fsync", "replace"]
+    # a folder standing at the target: a named WriteError, which is also an OSError/ValueError
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(atomic_files.WriteError, match=r"d\.json: cannot be written"):
+        write_json_atomic(tmp_path / "d.json", {})
+    with pytest.raises(ValueError):
+        write_json_atomic(tmp_path / "x.json" / "under.json", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "x.json"]
+
+
+def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
+    from atomic_files import remove_stale_temps
+
+    dead = tmp_path / "a.tmp-999999999.tfrecord"
+    dead_dir = tmp_path / "m.tmp-999999998.keras"
+    live = tmp_path / "b.tmp-1.h5"  # pid 1 always runs
+    other = tmp_path / "c.tfrecord"
+    for p in (dead, live, other):
+        p.write_bytes(b"x")
+    dead_dir.mkdir()
+    assert sorted(remove_stale_temps(tmp_path)) == sorted([dead, dead_dir])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tmp-1.h5", "c.tfrecord"]

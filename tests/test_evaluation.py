@@ -302,3 +302,29 @@ def test_extract_and_reuse_with_fingerprint(tmp_path):
     os.remove(model_path)
     with pytest.raises(FileNotFoundError, match="m.keras"):
         ensure_features(out, model_path, [rec], make)
+
+
+def test_chi2_library_is_loaded_only_when_built_here_and_private(tmp_path, monkeypatch):
+    import shutil
+    import stat
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GRID_CACHE", str(cache))
+    monkeypatch.setattr(distances, "_LIB", None)
+    assert distances._load_c()
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    (lib,) = cache.glob("chi2_*.so")
+    recorded = (cache / (lib.name + ".sha256")).read_text().strip()
+    assert recorded == distances._file_sha256(lib)
+    # a library swapped in under the expected name is not loaded: it is rebuilt first
+    lib.unlink()  # a new file (rewriting the loaded one in place would break this process)
+    lib.write_bytes(b"not the library this project built")
+    monkeypatch.setattr(distances, "_LIB", None)
+    assert distances._load_c() and distances._file_sha256(lib) == recorded
+    # a cache folder others may write to is refused (XLA fallback, with a warning)
+    cache.chmod(0o777)
+    monkeypatch.setattr(distances, "_LIB", None)
+    with pytest.warns(UserWarning, match="writable by other users"):
+        assert distances._load_c() is False
+    monkeypatch.setattr(distances, "_LIB", None)

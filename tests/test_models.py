@@ -231,6 +231,7 @@ def test_unknown_model_name():
         build_model(make_cfg("GRID-XYZ"))
 
 
+@pytest.mark.slow
 # ---------------------------------------------------------------- feature model and backbones
 def test_feature_model_saves_and_loads_in_a_fresh_process(tmp_path):
     m = build_model(make_cfg("GRID-RRL"))
@@ -345,6 +346,7 @@ print("OK", {k: float(v) for k, v in out.items()}, {k: float(v) for k, v in ev.i
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus():
     """Own process: logical devices must be configured before TensorFlow initialises.
     Each replica selects within its half batch with its own eps (seed folded with the replica

@@ -143,6 +143,7 @@ def test_get_archive():
         archives.get_archive("UCM")
 
 
+@pytest.mark.slow
 def test_shuffle_is_a_permutation_independent_of_global_seed(records):
     def order(seed, epoch, **kw):
         return [e["patch_name"].decode() for e in _elements(

@@ -1,0 +1,60 @@
+"""Session fixtures shared by the test files, and the ``slow`` marker.
+
+The sample archives and the tiny training records are built once per session (the costly part
+of many tests). Tests that start a Python subprocess are marked ``slow``: ``pytest -m "not slow"``
+skips them while iterating; ``make test`` runs everything.
+"""
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+N_TRAIN, N_EVAL = 8, 4  # tiny training records: 2 steps per epoch at batch size 4
+
+
+def _copy_records(src: Path, dst: Path, n: int) -> None:
+    with tf.io.TFRecordWriter(str(dst)) as writer:
+        for raw in tf.data.TFRecordDataset(str(src)).take(n):
+            writer.write(raw.numpy())
+
+
+@pytest.fixture(scope="session")
+def dlrsd_sample(tmp_path_factory) -> Path:
+    """The DLRSD-style raw sample archive (21 scenes x 5 images, seed 0); do not modify it."""
+    from archives import sample
+
+    raw = tmp_path_factory.mktemp("dlrsd_sample")
+    assert sample.main(["--dataset", "DLRSD", "--out", str(raw), "--per-class", "5",
+                        "--seed", "0"]) == 0
+    return raw
+
+
+@pytest.fixture(scope="session")
+def dlrsd_prepped(dlrsd_sample, tmp_path_factory) -> Path:
+    """TFRecord folder of the DLRSD sample: train, val, test, train_noise_prcnt50."""
+    import prep_DLRSD_noisy
+
+    out = tmp_path_factory.mktemp("dlrsd_prepped")
+    assert prep_DLRSD_noisy.main(["-r_dlrsd", str(dlrsd_sample / "DLRSD"),
+                                  "-r_ucm", str(dlrsd_sample / "UCMerced_LandUse"), "-o", str(out),
+                                  "--noise-levels", "50", "--quiet"]) == 0
+    return out / "TFRecord"
+
+
+@pytest.fixture(scope="session")
+def records(dlrsd_prepped, tmp_path_factory) -> Path:
+    """Tiny TFRecords for training runs: train / train_noise_prcnt50 (8), val and test (4)."""
+    tiny = tmp_path_factory.mktemp("tiny_records")
+    for name, n in (("train", N_TRAIN), ("train_noise_prcnt50", N_TRAIN), ("val", N_EVAL),
+                    ("test", N_EVAL)):
+        _copy_records(dlrsd_prepped / f"{name}.tfrecord", tiny / f"{name}.tfrecord", n)
+    return tiny
+
+
+@pytest.fixture(scope="session")
+def ben_sample(tmp_path_factory) -> Path:
+    """The BigEarthNet-style raw sample archive (12 patches, seed 3) with its split CSVs."""
+    from archives import sample_ben
+
+    return sample_ben.write_sample_archive(tmp_path_factory.mktemp("ben_sample") / "raw", seed=3,
+                                           n_patches=12)

@@ -1,0 +1,141 @@
+"""Prep scripts: named one-line errors (split CSVs, full disk), exit 130 on Ctrl-C, no litter
+after kill -9, warnings instead of silence (issue 8)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+import prep_BEN_noisy
+import prep_DLRSD_noisy
+from archives import ben
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def raw(ben_sample, tmp_path):
+    return Path(shutil.copytree(ben_sample, tmp_path / "raw"))
+
+
+def ben_main(raw, out, *extra):
+    return prep_BEN_noisy.main(["-r", str(raw), "-o", str(out), "-train", str(raw / "train.csv"),
+                                "-val", str(raw / "val.csv"), "-test", str(raw / "test.csv"),
+                                "--noise-levels", "50", "--workers", "1", *extra])
+
+
+def error_lines(capsys):
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+
+
+def test_split_csv_cases(raw, tmp_path, capsys):
+    names = (raw / "train.csv").read_text().split()
+    # a byte-order mark is accepted: the same records as without it
+    assert ben_main(raw, tmp_path / "plain") == 0
+    (raw / "train.csv").write_bytes(b"\xef\xbb\xbf" + (raw / "train.csv").read_bytes())
+    assert ben_main(raw, tmp_path / "bom") == 0
+    assert (tmp_path / "bom/TFRecord/train.tfrecord").read_bytes() == \
+        (tmp_path / "plain/TFRecord/train.tfrecord").read_bytes()
+    capsys.readouterr()
+    # a patch listed twice is named with both lines
+    (raw / "train.csv").write_text("\n".join(names + [names[1]]) + "\n")
+    assert ben_main(raw, tmp_path / "dup") == 2
+    assert error_lines(capsys) == [f"error: {raw / 'train.csv'}: patch {names[1]} is listed "
+                                   f"twice (lines 2 and {len(names) + 1})"]
+    # a non-UTF-8 byte names the file
+    (raw / "train.csv").write_bytes("\n".join(names).encode() + b"\nM\xfcller\n")
+    assert ben_main(raw, tmp_path / "latin") == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"error: {raw / 'train.csv'}: split file is not UTF-8 text")
+
+
+def test_patches_without_a_19_class_label_are_warned_about(raw, tmp_path, capsys):
+    name = (raw / "train.csv").read_text().split()[0]
+    path = ben.metadata_path(raw, name)
+    meta = json.loads(path.read_text())
+    meta["labels"] = ["Airports"]  # dropped by the 19-class nomenclature
+    path.write_text(json.dumps(meta))
+    assert ben_main(raw, tmp_path / "out") == 0
+    assert "warning: 1 patch(es) have no label in the 19-class nomenclature" in \
+        capsys.readouterr().err
+
+
+class FullDiskWriter:
+    """A TFRecordWriter on a full disk: the first write fails as TensorFlow reports it."""
+
+    def __init__(self, path):
+        Path(path).write_bytes(b"partial")
+
+    def write(self, raw):
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_full_disk_is_a_named_error_without_litter(raw, tmp_path, capsys, monkeypatch):
+    from archives import common
+
+    monkeypatch.setattr(common.tf.io, "TFRecordWriter", FullDiskWriter)
+    assert ben_main(raw, tmp_path / "out") == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"error: {tmp_path / 'out/TFRecord'}/") and \
+        line.endswith(".tfrecord: cannot be written (No space left on device)")
+    assert not list((tmp_path / "out/TFRecord").iterdir())
+
+
+def test_leftovers_of_a_killed_prep_are_removed(raw, tmp_path, capsys):
+    tf_dir = tmp_path / "out" / "TFRecord"
+    tf_dir.mkdir(parents=True)
+    dead = tf_dir / "train.tmp-999999999.tfrecord"
+    dead.write_bytes(b"half")
+    live = tf_dir / "val.tmp-1.tfrecord"  # pid 1 is alive: not ours to remove
+    live.write_bytes(b"other")
+    assert ben_main(raw, tmp_path / "out") == 0
+    assert not dead.exists() and live.exists()
+    assert f"removed {dead}" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_process_exits_130_with_one_line(raw, tmp_path, capsys, monkeypatch):
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ben, "encode_examples", interrupt)
+    assert ben_main(raw, tmp_path / "out") == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "interrupted: no file was published (temporaries removed); run again to prepare")
+    assert not list((tmp_path / "out" / "TFRecord").glob("*.tmp-*"))
+
+
+@pytest.mark.slow
+def test_real_ctrl_c_during_dlrsd_prep(dlrsd_sample, tmp_path):
+    """SIGINT to a running prep_DLRSD_noisy.py: exit 130, one line, no temporaries."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "prep_DLRSD_noisy.py", "-r_dlrsd", str(dlrsd_sample / "DLRSD"),
+         "-r_ucm", str(dlrsd_sample / "UCMerced_LandUse"), "-o", str(out), "--quiet"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if list((out / "TFRecord").glob("*.tmp-*")):  # writing has begun
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [x for x in err.splitlines() if x.strip() and not x.startswith(("WARNING: All log",
+                                                                            "I0000", "E0000"))]
+    assert lines == ["interrupted: no file was published (temporaries removed); run again to "
+                     "prepare"], err
+    assert not list((out / "TFRecord").glob("*.tmp-*"))

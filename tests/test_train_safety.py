@@ -1,0 +1,191 @@
+"""Training never loses work: refusal over an existing run, inputs checked before anything is
+removed, checkpoint before validation, damaged records and checkpoints, full disk, Ctrl-C during
+validation, leftovers of killed processes. Tiny runs on the session's sample records."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import train as train_cli
+import training
+from run_guard import RunError
+from test_train import make_cfg, summary_steps
+
+
+def listing(*folders):
+    return sorted(str(p) for f in folders for p in f.rglob("*"))
+
+
+def truncate(src, dst, keep=0.6):
+    data = src.read_bytes()
+    dst.write_bytes(data[:int(len(data) * keep)])
+    return dst
+
+
+def write_cfg(cfg, path):
+    path.write_text(json.dumps(cfg.to_dict()))
+    return str(path)
+
+
+def test_rerun_is_refused_and_inputs_are_checked_before_anything_is_removed(records, tmp_path,
+                                                                             capsys):
+    cfg = make_cfg(records, tmp_path, model_name="BCE")
+    training.train(cfg, show_progress=False)
+    before = listing(cfg.weights_dir, cfg.summaries_dir)
+    assert cfg.feature_model_path.is_file() and any("ckpt-" in p for p in before)
+    path = write_cfg(cfg, tmp_path / "c.json")
+    assert train_cli.main([path, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and "already exists" in err
+    assert "--resume" in err and "--overwrite" in err
+    # --overwrite with a missing validation file: refused before anything is removed
+    bad = cfg.replace(val_tfrecord_paths=[str(tmp_path / "nope.tfrecord")])
+    with pytest.raises(RunError, match="nope.tfrecord: TFRecord file not found"):
+        training.train(bad, overwrite=True, show_progress=False)
+    assert listing(cfg.weights_dir, cfg.summaries_dir) == before
+    # --overwrite with good inputs starts over
+    again = training.train(cfg, overwrite=True, show_progress=False)
+    assert again.completed and summary_steps(cfg.summaries_dir, "train/loss") == [1, 2]
+
+
+def test_records_of_the_other_archive_and_a_folder_are_named(records, tmp_path, capsys):
+    from archives import ben
+
+    bands = {b: np.zeros(ben.BAND_SIZES[b] ** 2, "<u2").tobytes() for b in ben.BAND_NAMES}
+    hot = ben.multi_hot(["Urban fabric"])
+    other = tmp_path / "ben.tfrecord"
+    with tf.io.TFRecordWriter(str(other)) as w:
+        w.write(ben.encode_example("p", bands, ["Urban fabric"], hot, hot, "compact"))
+    cfg = make_cfg(records, tmp_path, model_name="BCE", val_tfrecord_paths=[str(other)])
+    assert train_cli.main([write_cfg(cfg, tmp_path / "c.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {other}: holds BEN records, but the config's dataset is DLRSD "
+                   "(val_tfrecord_paths)"]
+    cfg = make_cfg(records, tmp_path, model_name="BCE", val_tfrecord_paths=[str(tmp_path)])
+    with pytest.raises(RunError, match=f"^{tmp_path}: is a folder"):
+        training.train(cfg, show_progress=False)
+    assert not cfg.weights_dir.exists()
+
+
+def test_truncated_validation_file_checkpoints_first_then_resume_validates(records, tmp_path):
+    val = truncate(records / "val.tfrecord", tmp_path / "val.tfrecord")
+    # the first record still reads: the damage shows only when validation reaches it
+    cfg = make_cfg(records, tmp_path, model_name="BCE", nb_epoch=2, val_tfrecord_paths=[str(val)])
+    with pytest.raises(RunError, match=f"^{val}: truncated or corrupt TFRecord .*epoch 1 is "
+                                       "checkpointed"):
+        training.train(cfg, show_progress=False)
+    reader = tf.train.load_checkpoint(str(cfg.checkpoint_dir))
+    assert reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE") == 1
+    shutil.copy(records / "val.tfrecord", val)  # the user repairs the file
+    logs = []
+    result = training.train(cfg, resume=True, show_progress=False, log=logs.append)
+    assert result.completed
+    epoch1 = [m for m in logs if m.startswith("epoch 1/2: loss ")]
+    assert len(epoch1) == 1 and "nan" not in epoch1[0] and "val loss" in epoch1[0]
+    assert summary_steps(cfg.summaries_dir, "val/loss") == [2, 4]
+    assert summary_steps(cfg.summaries_dir, "epoch_train/loss") == [2, 4]
+
+
+def test_truncated_training_file_is_named_and_the_state_is_saved(records, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val", "test"):
+        shutil.copy(records / f"{name}.tfrecord", data)
+    truncate(records / "train_noise_prcnt50.tfrecord", data / "train_noise_prcnt50.tfrecord", 0.7)
+    cfg = make_cfg(data, tmp_path, model_name="BCE", nb_epoch=2)
+    bad = data / "train_noise_prcnt50.tfrecord"
+    with pytest.raises(RunError, match=f"^{bad}: truncated or corrupt TFRecord"):
+        training.train(cfg, show_progress=False)
+    assert tf.train.latest_checkpoint(str(cfg.checkpoint_dir)) is not None
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_newest_readable(records, tmp_path):
+    cfg = make_cfg(records, tmp_path, model_name="BCE", nb_epoch=3)
+    training.train(cfg, max_epochs=2, show_progress=False)
+    state = tf.train.get_checkpoint_state(str(cfg.checkpoint_dir))
+    paths = list(state.all_model_checkpoint_paths)
+    latest = paths[-1]
+    for part in tf.io.gfile.glob(latest + ".data-*"):
+        truncate(type(cfg.checkpoint_dir)(part), type(cfg.checkpoint_dir)(part), 0.3)
+    logs = []
+    result = training.train(cfg, resume=True, show_progress=False, log=logs.append)
+    assert any(f"checkpoint {latest} cannot be read" in m for m in logs)
+    used = [m for m in logs if "the newest readable checkpoint" in m]
+    assert len(used) == 1 and paths[-2] in used[0]
+    assert result.completed and result.epochs_done == 3
+    # every checkpoint damaged: a named error, nothing started afresh
+    for p in tf.io.gfile.glob(str(cfg.checkpoint_dir / "ckpt-*.index")):
+        truncate(type(cfg.checkpoint_dir)(p), type(cfg.checkpoint_dir)(p), 0.1)
+    with pytest.raises(RunError, match="no checkpoint can be read"):
+        training.train(cfg, resume=True, show_progress=False)
+
+
+def test_ctrl_c_during_validation_then_resume_reports_the_epoch(records, tmp_path, monkeypatch):
+    cfg = make_cfg(records, tmp_path, model_name="BCE", nb_epoch=2)
+    real, calls = training.evaluate, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(training, "evaluate", interrupted)
+    logs = []
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg, show_progress=False, log=logs.append)
+    assert any("already holds the current state" in m for m in logs)
+    logs.clear()
+    result = training.train(cfg, resume=True, show_progress=False, log=logs.append)
+    epoch_lines = [m for m in logs if m.startswith("epoch ") and "loss" in m]
+    assert [m.split(":")[0] for m in epoch_lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("nan" not in m and "val loss" in m for m in epoch_lines)
+    assert summary_steps(cfg.summaries_dir, "val/loss") == [2, 4]
+    assert summary_steps(cfg.summaries_dir, "epoch_train/loss") == [2, 4]
+    assert result.completed and "val_loss" in json.loads(cfg.config_dump_path.read_text())[
+        "final_metrics"]
+
+
+def test_full_disk_on_checkpoint_write_is_a_named_error_without_litter(records, tmp_path,
+                                                                         monkeypatch, capsys):
+    cfg = make_cfg(records, tmp_path, model_name="BCE")
+
+    def full(self, *args, **kw):
+        (cfg.checkpoint_dir / "ckpt-1_temp").mkdir(parents=True)
+        (cfg.checkpoint_dir / "ckpt-1_temp" / "part").write_bytes(b"half")
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full)
+    assert train_cli.main([write_cfg(cfg, tmp_path / "c.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {cfg.checkpoint_dir}: checkpoint could not be written (No space "
+                   "left on device); the previous checkpoint (none) is kept"]
+    assert not list(cfg.checkpoint_dir.glob("*_temp"))
+
+
+def test_leftovers_of_killed_processes_are_removed(records, tmp_path):
+    cfg = make_cfg(records, tmp_path, model_name="BCE")
+    cfg.checkpoint_dir.mkdir(parents=True)
+    (cfg.checkpoint_dir / "ckpt-7_temp").mkdir()
+    dead = cfg.weights_dir / "feature_model.tmp-999999999.keras"
+    dead.write_bytes(b"half")
+    live = cfg.weights_dir / "feature_model.tmp-1.keras"  # pid 1 is alive: kept
+    live.write_bytes(b"mine")
+    logs = []
+    training.train(cfg, resume=True, show_progress=False, log=logs.append)
+    assert not dead.exists() and live.exists()
+    assert not (cfg.checkpoint_dir / "ckpt-7_temp").exists()
+    assert any("ckpt-7_temp" in m for m in logs) and any(str(dead) in m for m in logs)
+
+
+def test_output_folder_under_a_file_is_named_before_training(records, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    cfg = make_cfg(records, tmp_path, model_name="BCE")
+    cfg = cfg.replace(dumps={**cfg.dumps, "summaries": str(blocker / "summaries")})
+    with pytest.raises(RunError, match=f"cannot be created, {blocker} is a file "
+                                       r"\(dumps.summaries\)"):
+        training.train(cfg, show_progress=False)
+    assert not cfg.weights_dir.exists()
