@@ -1,8 +1,8 @@
 """Pixel-map label noise for BigEarthNet v2.0: the DLRSD rule (SPEC section 2) on reference maps.
 
 Over the whole train split: the (patch, positive label) pairs of the clean multi-hot labels are
-listed patch by patch, class by class; int(pairs * N / 100) of them (the published count,
-rounded down) are picked uniformly without replacement. For each picked pair whose class occurs
+listed patch by patch, class by class; ``archives.noise.pick_count`` of them (the published
+count, rounded down) are picked uniformly without replacement. For each picked pair whose class occurs
 in the patch's map, every pixel of that class (in the clean map, so changes never chain)
 becomes one other of the 19 classes, drawn uniformly per pick. The noisy multi-hot of a patch
 with a changed region is the set of classes present in its noisy map; other patches keep their
@@ -25,16 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
-from archives.noise import positive_pairs
+from archives.noise import positive_pairs, sample_pairs
 
 NB_CLASS = 19
-
-
-def published_pick_count(pairs_count: int, percent: int) -> int:
-    """int(pairs * N / 100): the published prep scripts' count, rounded down (exact integer form)."""
-    if not 0 <= percent <= 100:
-        raise ValueError(f"noise percentage must be in 0..100, got {percent}")
-    return int(pairs_count) * int(percent) // 100
 
 
 def plan_map_noise(clean: np.ndarray, percent: int, rng: np.random.Generator) -> np.ndarray:
@@ -43,9 +36,7 @@ def plan_map_noise(clean: np.ndarray, percent: int, rng: np.random.Generator) ->
     if clean.ndim != 2 or clean.shape[1] != NB_CLASS:
         raise ValueError(f"clean labels must be (N, {NB_CLASS}), got shape {clean.shape}")
     pairs = positive_pairs(clean)
-    k = published_pick_count(len(pairs), percent)
-    picked = pairs[np.sort(rng.choice(len(pairs), size=k, replace=False))] if k else \
-        np.zeros((0, 2), np.int64)
+    picked = pairs[sample_pairs(len(pairs), percent, rng)]  # the published count, rounded down
     new = rng.integers(NB_CLASS - 1, size=len(picked))
     new += new >= picked[:, 1]  # uniform over the 18 classes other than the picked one
     return np.column_stack([picked, new]).astype(np.int64)

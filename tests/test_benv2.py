@@ -482,13 +482,14 @@ def test_map_of_wrong_dtype(raw):
 
 # ------------------------------------------------------------------ pixel-map noise
 
-def test_published_pick_count_rounds_down():
-    assert benv2_noise.published_pick_count(30, 15) == 4  # 4.5 -> 4 (half up would give 5)
-    assert benv2_noise.published_pick_count(29, 10) == 2
-    assert benv2_noise.published_pick_count(7, 50) == 3
-    assert benv2_noise.published_pick_count(200, 60) == 120
+def test_map_noise_uses_the_shared_published_count():
+    # 30 pairs at 15 %: 4.5 rounds down to 4 (archives.noise.pick_count, shared with BEN/DLRSD)
+    clean = np.zeros((30, 19), np.float32)
+    clean[np.arange(30), np.arange(30) % 19] = 1
+    assert len(benv2_noise.plan_map_noise(clean, 15, np.random.default_rng(0))) == 4
+    assert len(benv2_noise.plan_map_noise(clean[:29], 10, np.random.default_rng(0))) == 2
     with pytest.raises(ValueError, match="0..100"):
-        benv2_noise.published_pick_count(10, 101)
+        benv2_noise.plan_map_noise(clean, 101, np.random.default_rng(0))
 
 
 def test_plan_picks_distinct_pairs_and_other_classes():
