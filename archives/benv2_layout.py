@@ -356,7 +356,7 @@ def csv_splits(meta: Metadata, csvs: dict, skip_invalid: bool = False,
     out, seen, via_v1 = {}, {}, 0
     for split in splits_:
         out[split] = []
-        for name in dict.fromkeys(ben.read_split_csv(given[split])):  # repeats dropped
+        for name in ben.read_split_csv(given[split]):  # a repeat is read_split_csv's error
             patch = name if name in known else from_v1.get(name)
             if patch is None:
                 why = ("is a snow/cloud/shadow patch, left out of every split" if name in meta.excluded

@@ -231,10 +231,14 @@ def test_csv_splits_override_with_v2_and_v1_names(meta, tmp_path):
     v1 = [(p, n) for p, n in zip(meta.patches, meta.s2v1_names) if n]
     plain = [p for p, n in zip(meta.patches, meta.s2v1_names) if not n]
     assert len(v1) >= 2 and len(plain) >= 2
-    lists = {"train": [v1[0][1], plain[0], plain[0]], "val": [plain[1]], "test": [v1[1][1]]}
+    lists = {"train": [v1[0][1], plain[0]], "val": [plain[1]], "test": [v1[1][1]]}
     got, via_v1 = v2.csv_splits(meta, _csvs(tmp_path, lists))
     assert got == {"train": [v1[0][0], plain[0]], "val": [plain[1]], "test": [v1[1][0]]}
     assert via_v1 == 2
+    lists["train"].append(plain[0])  # a repeat is an error, as for v1 split files
+    with pytest.raises(ValueError, match=rf"train.csv: patch {plain[0]} is listed twice "
+                                         r"\(lines 2 and 3\)"):
+        v2.csv_splits(meta, _csvs(tmp_path, lists))
 
 
 def test_csv_splits_bad_names(meta, tmp_path):
