@@ -360,3 +360,20 @@ def test_empty_split_and_flag_misuse(raw, meta, tmp_path, capsys, ben_sample):
     assert rc == 2 and "compact form only" in err
     rc, _, err = _run(["-r", ben_sample, "-o", tmp_path / "c", "--s1-storage", "int16"], capsys)
     assert rc == 2 and "--s1-storage applies to BigEarthNet v2.0 roots only" in err
+
+
+def test_interrupt_publishes_nothing(sample_root, tmp_path, capsys, monkeypatch):
+    calls = {"n": 0}
+    real = benv2.encode_examples
+
+    def interrupt(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(benv2, "encode_examples", interrupt)
+    rc, _, err = _run(["-r", sample_root, "-o", tmp_path, "--workers", "1", "--noise-levels", 10],
+                      capsys)
+    assert rc == 130 and "interrupted" in err and calls["n"] == 3
+    assert list((tmp_path / "TFRecord").iterdir()) == []
