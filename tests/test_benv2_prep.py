@@ -281,6 +281,12 @@ def _missing_s1(lay, meta, name):
     return path, "S1 VH file is missing", True
 
 
+def _garbage_s1(lay, meta, name):
+    path = lay.s1_path(meta.s1_names[meta.patches.index(name)], "VV")
+    path.write_bytes(b"not a tiff")
+    return path, "S1 VV file cannot be read", True
+
+
 def _s1_nowhere(lay, meta, name):
     s1 = meta.s1_names[meta.patches.index(name)]
     shutil.rmtree(lay.s1_dir(s1))
@@ -323,8 +329,8 @@ def _no_column(lay, meta, name):
     return lay.metadata, "column(s) s1_name missing", False
 
 
-@pytest.mark.parametrize("damage", [_no_folder, _missing_band, _missing_s1, _s1_nowhere,
-                                    _missing_map, _map_wrong_size, _map_wrong_dtype, _bad_label,
+@pytest.mark.parametrize("damage", [_no_folder, _missing_band, _missing_s1, _garbage_s1,
+                                    _s1_nowhere, _missing_map, _map_wrong_size, _map_wrong_dtype, _bad_label,
                                     _no_column])
 def test_bad_input_is_named_or_skipped(raw, meta, tmp_path, capsys, damage):
     lay, name = v2.Layout.at(raw), _first_train(meta)
