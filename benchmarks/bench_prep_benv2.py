@@ -156,7 +156,8 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['workers']:>8} {r['per_s']:>10.1f} {r['per_s_per_worker']:>11.1f} "
               f"{r['cpu_ms_per_patch']:>13.1f}")
-    print(f"{os.cpu_count()} CPU(s) on this machine")
+    print(f"{os.cpu_count()} CPU(s) on this machine, load average {os.getloadavg()[0]:.1f} "
+          "(per-worker rates only mean something when the load is below the CPU count)")
     print("\nbytes per example (serialized; maps, labels, name included):")
     print(f"{'band set':<9} {'S1 storage':<11} {'bytes':>9}")
     for (bands, storage), n in sizes.items():
