@@ -255,8 +255,11 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     run_guard.check_outputs(cfg)
     configure_devices(cfg)
     strategy = make_strategy(cfg.strategy)
-    if not resume and _worker_role(strategy)[0]:
-        run_guard.clear_for_fresh_start(cfg, overwrite, log)
+    if _worker_role(strategy)[0]:
+        for path in run_guard.remove_checkpoint_temps(cfg.checkpoint_dir):
+            log(f"removed {path}, left by an interrupted or failed checkpoint write")
+        if not resume:
+            run_guard.clear_for_fresh_start(cfg, overwrite, log)
     for path in remove_stale_temps(cfg.weights_dir) + remove_stale_temps(cfg.config_dump_path.parent):
         log(f"removed {path}, left by an interrupted earlier run")
     run = _Run(cfg, strategy, resume, log)
