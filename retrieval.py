@@ -97,8 +97,8 @@ def score(query_path, archive_path, args, dataset=None, records=(None, None), pl
                        index=args.index, exclude_self=scene)
         res["chi2_backend"] = chi2_backend() if metric == "chi2" else None
         res["relevance"] = args.relevance
-        if scene:
-            res["headline"] = {"mAP@20": res["metrics"].get("mAP@20")}
+        if scene and "mAP@20" in res["metrics"]:
+            res["headline"] = {"mAP@20": res["metrics"]["mAP@20"]}
         top = res.pop("topk_index", None)
         if args.plot > 0:
             if not (dataset and records[0] and records[1]):
@@ -142,8 +142,9 @@ def run_config(path: str, args) -> tuple[str, dict]:
         return make_dataset(paths, cfg["dataset"], training=False, batch_size=args.batch_size)
 
     binary = cfg.get("model_name") == "MiLaN"  # sigmoid hash outputs: also store packed codes
-    if binary and args.metric is None:
-        args = argparse.Namespace(**{**vars(args), "metric": "hamming"})
+    if args.metric is None and cfg.get("model_name") in ("MiLaN", "OffTheShelf"):
+        metric = "hamming" if binary else "cosine"  # the published systems' distances
+        args = argparse.Namespace(**{**vars(args), "metric": metric})
     out_dir = Path(cfg["dumps"]["features"]) / cfg["run_name"]
     files = {}
     for side, key in (("query", "train_tfrecord_paths"), ("archive", "test_tfrecord_paths")):

@@ -228,6 +228,13 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
     """
     from archives.pipeline import make_dataset
 
+    if cfg.model_name == "MiLaN":  # hashing: its own loop (milan_training.py)
+        import milan_training
+        return milan_training.train(cfg, resume=resume, max_epochs=max_epochs,
+                                    show_progress=show_progress, log=log)
+    if cfg.model_name == "OffTheShelf":  # pretrained features, nothing to train
+        import deep_features
+        return deep_features.export_off_the_shelf(cfg, log=log)
     _check_files("train_tfrecord_paths", cfg.noisy_train_paths,
                  f" (noise_prcnt {cfg.noise_prcnt} reads train_noise_prcnt<N>.tfrecord; "
                  "make it with the prep script)" if cfg.noise_prcnt else "")
@@ -317,7 +324,8 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
     feature_path = dump_path = None
     if completed and run.chief:
         feature_path = cfg.feature_model_path
-        save_feature_model(run.model.feature_model, feature_path)
+        from deep_features import retrieval_model
+        save_feature_model(retrieval_model(run.model, cfg), feature_path)
         dump_path = cfg.config_dump_path
         if start_epoch == end_epoch:  # nothing trained in this call: keep the earlier metrics
             final = _previous_final_metrics(dump_path)
