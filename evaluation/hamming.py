@@ -6,13 +6,13 @@ distance, ties broken by archive index, so results equal
 ``np.argsort(full_distances, kind="stable")[:, :K]`` (codes tie constantly: short codes have only
 K + 1 distinct distances).
 
-Backends (``GRID_HAMMING_BACKEND`` = auto | faiss | numpy):
+Backends (``GRID_HAMMING_BACKEND`` = auto | faiss | numpy; auto = numpy below 1e8 pairs):
 - ``faiss``: ``IndexBinaryFlat`` (popcount scan with a per-query heap that keeps the earlier
   archive item on a tie; tests check this against the numpy reference on tie-heavy codes),
   with its OpenMP thread count set explicitly (``threads``, default all cores).
-- ``numpy``: XOR + ``np.bitwise_count`` per block, then an exact counting selection: distances
-  are small integers, so the K-th distance is found from per-row counts and the ties at it are
-  taken in archive order, with no sort of the whole row.
+- ``numpy``: XOR + ``np.bitwise_count`` per block, then an exact selection without sorting
+  whole rows: the K-th distance from ``np.partition``, every item below it, and the ties at it
+  taken in archive order.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from typing import Iterator
 import numpy as np
 
 BACKENDS = ("auto", "faiss", "numpy")
+NUMPY_QUERY_BLOCK = 256
+FAISS_MIN_PAIRS = 10**8
 
 
 def pack_codes(outputs) -> np.ndarray:
@@ -72,38 +74,30 @@ def select_topk_int(dist: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarr
     if k == m:
         order = np.argsort(dist, axis=1, kind="stable")
         return order.astype(np.int64) + offset, np.take_along_axis(dist, order, 1).astype(np.int32)
-    # k-th smallest value per row from value counts (values are 0..max)
-    vmax = int(dist.max(initial=0))
-    thr = np.full(n, vmax, np.int64)
-    below = np.zeros(n, np.int64)       # items strictly below the threshold
-    cum = np.zeros(n, np.int64)
-    found = np.zeros(n, bool)
-    for v in range(vmax + 1):
-        cnt = (dist == v).sum(1)
-        hit = ~found & (cum + cnt >= k)
-        thr[hit] = v
-        below[hit] = cum[hit]
-        found |= hit
-        cum += cnt
-        if found.all():
-            break
-    need = k - below                     # ties at the threshold to take, in column order
-    at = dist == thr[:, None]
-    keep = (dist < thr[:, None]) | (at & (np.cumsum(at, 1) <= need[:, None]))
-    rows, cols = np.nonzero(keep)        # row-major: columns ascend within each row
-    idx = cols.reshape(n, k)
-    d = dist[rows, cols].reshape(n, k)
-    order = np.argsort(d, axis=1, kind="stable")
+    thr = np.partition(dist, k - 1, axis=1)[:, k - 1]   # the k-th smallest distance per row
+    lt_r, lt_c = np.nonzero(dist < thr[:, None])         # all of these are in the top k
+    need = k - np.bincount(lt_r, minlength=n)            # ties at the threshold to take
+    at_r, at_c = np.nonzero(dist == thr[:, None])        # row-major: columns ascend per row
+    counts = np.bincount(at_r, minlength=n)
+    pos = np.arange(at_r.size) - (np.cumsum(counts) - counts)[at_r]
+    take = pos < need[at_r]                              # the first ``need`` ties of each row
+    rows = np.concatenate([lt_r, at_r[take]])
+    cols = np.concatenate([lt_c, at_c[take]])
+    order = np.lexsort((cols, rows))
+    idx = cols[order].reshape(n, k)
+    d = dist[rows[order], cols[order]].reshape(n, k)
+    order = np.argsort(d, axis=1, kind="stable")          # (distance, index): index ascends
     return (np.take_along_axis(idx, order, 1).astype(np.int64) + offset,
             np.take_along_axis(d, order, 1).astype(np.int32))
 
 
-def hamming_backend(name: str | None = None) -> str:
-    """The backend in use: "faiss" when importable (auto), else "numpy"."""
+def hamming_backend(name: str | None = None, pairs: int | None = None) -> str:
+    """The backend in use. auto: numpy below FAISS_MIN_PAIRS query x archive pairs (faiss's
+    start-up costs more there; benchmarks/bench_hamming.py), else faiss when importable."""
     choice = name or os.environ.get("GRID_HAMMING_BACKEND", "auto")
     if choice not in BACKENDS:
         raise ValueError(f"GRID_HAMMING_BACKEND={choice!r}: expected one of {', '.join(BACKENDS)}")
-    if choice == "numpy":
+    if choice == "numpy" or (choice == "auto" and pairs is not None and pairs < FAISS_MIN_PAIRS):
         return "numpy"
     try:
         import faiss  # noqa: F401
@@ -138,7 +132,7 @@ def hamming_topk_blocks(query, archive, k: int, query_block: int = 4096,
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     kk = min(k, a.shape[0])
-    if hamming_backend(backend) == "faiss":
+    if hamming_backend(backend, q.shape[0] * a.shape[0]) == "faiss":
         import faiss
         faiss.omp_set_num_threads(int(threads or os.cpu_count() or 1))
         index = faiss.IndexBinaryFlat(a.shape[1] * 8)
@@ -147,6 +141,7 @@ def hamming_topk_blocks(query, archive, k: int, query_block: int = 4096,
             d, i = index.search(np.ascontiguousarray(q[q0:q0 + query_block]), kk)
             yield q0, i.astype(np.int64), d.astype(np.int32)
         return
+    query_block = min(query_block, NUMPY_QUERY_BLOCK)  # (block x archive block) uint8 stays small
     for q0 in range(0, q.shape[0], query_block):
         qb = q[q0:q0 + query_block]
         best_i = best_d = None

@@ -33,7 +33,7 @@ def search_blocks(query: FeatureSet, archive: FeatureSet, k: int, metric: str,
                                    "(packed hash codes; written for MiLaN runs)")
         if index != "exact":
             raise ValueError("--index approx applies to chi2; Hamming search is exact")
-        info["hamming_backend"] = hamming_backend()
+        info["hamming_backend"] = hamming_backend(pairs=len(query) * len(archive))
         return hamming_topk_blocks(query.code, archive.code, k, query_block=max(query_block, 4096))
     if index == "approx":
         if metric != "chi2":
