@@ -344,6 +344,9 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     if dataset == "BEN" and model.split("-")[-1] in ("PCE", "RRL"):
         raise ConfigError(f"model_name: {model!r} needs pixel maps, which BEN does not have; "
                           "use GRID-BCE or BCE with dataset BEN")
+    if model in HASH_MODELS + FEATURE_MODELS and out["strategy"] != "default":
+        raise ConfigError(f"strategy: {model} runs on one device; use 'default', got "
+                          f"{out['strategy']!r}")
     if model in HASH_MODELS and out["batch_size"] % 3:
         raise ConfigError(f"batch_size: MiLaN batches hold triplets (anchor, positive, negative); "
                           f"use a multiple of 3, got {out['batch_size']}")

@@ -195,6 +195,9 @@ def main(argv=None) -> int:
     for name, res in results.items():
         print(f"{name}: {res['num_queries']} queries x {res['num_archive']} archive, "
               f"{res['metric']}, K={res['max_topk']}, {res['ranking_seconds']} s")
+        for key in [k for k in res if k.startswith("approx_recall@")]:
+            print(f"  approximate search: {key[7:]} = {res[key]:.4f} against exact search on "
+                  f"{res['approx_recall_queries']} sampled queries")
     print(format_table(results))
     if args.json:
         write_json_atomic(args.json, results["result"] if len(results) == 1 and not args.configs

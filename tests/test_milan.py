@@ -134,6 +134,7 @@ def _base(tmp_path, **kw):
     ({"dataset": "BEN", "triplet_labels": "scene"}, "triplet_labels: 'scene'"),
     ({"model_name": "PCE", "feature_layer": "output"}, "feature_layer: 'output'"),
     ({"backbone": "inception_v4"}, "inception_v3"),
+    ({"strategy": "mirrored"}, "strategy: MiLaN runs on one device"),
 ])
 def test_config_rejects(tmp_path, kw, message):
     with pytest.raises(ConfigError, match=message):
