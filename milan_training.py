@@ -3,7 +3,8 @@
 Frozen backbone (``train_backbone`` false, as published): the pooled backbone features of the
 (noisy) training records are computed once, without augmentation, and cached in
 ``<weights>/<run>/train_features.h5`` (reused while backbone, weights file and records are
-unchanged); each step then samples ``batch_size / 3`` triplets from the cache with the
+unchanged); the hash net's first layer is adapted to their per-dimension mean and variance; each
+step then samples ``batch_size / 3`` triplets from the cache with the
 published rule (losses/hashing.py) and updates the hashing network only. An epoch has
 ceil(N / batch_size) steps; randomness comes from (seed, epoch), so runs repeat exactly.
 Joint training (``train_backbone`` true): augmented image batches from the input pipeline,
@@ -13,8 +14,10 @@ Relevance labels for triplets: ``triplet_labels`` "label" = the records' noisy m
 labels (the noise of ``noise_prcnt`` applies, as for GRID), "scene" = the UC Merced scene class
 from the patch name (MiLaN's single-label setting; DLRSD only).
 Outputs as for every model: ``feature_model.keras`` (image -> sigmoid outputs (B, K); retrieval
-packs them into codes), the dumped config, TensorBoard scalars, checkpoints per epoch
-(``--resume`` continues from the last finished epoch).
+packs them into codes), the dumped config, TensorBoard scalars, checkpoints
+(``--resume`` continues from the last checkpointed epoch; checkpoints are written at most once a
+minute and after the last epoch, without a frozen backbone, which is rebuilt from its weights
+file or seed).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from losses.hashing import sample_triplets
 from models.milan import LOSS_KEYS, MilanModel, make_feature_step, make_joint_step, make_optimizer
 
 CACHE_FILE = "train_features.h5"
+CHECKPOINT_EVERY_S = 60.0
 
 
 def _file_id(path) -> dict:
@@ -121,10 +125,13 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
         step = make_feature_step(model, optimizer)
         feat, noisy, names = cached_features(cfg, model, log, show_progress)
         labels = relevance_labels(cfg, noisy, names)
+        model.hash_net.get_layer("hash_norm").adapt(feat)  # standardise the hash net's input
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     time_var = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="time_s")
+    # a frozen backbone is rebuilt identically (weights file or seed): keep it out of checkpoints
+    saved = model.keras_models if cfg.train_backbone else {"hash_net": model.hash_net}
     ckpt = tf.train.Checkpoint(optimizer=optimizer, epoch=epoch_var, training_time_s=time_var,
-                               **model.keras_models)
+                               **saved)
     if not resume and cfg.checkpoint_dir.exists():
         shutil.rmtree(cfg.checkpoint_dir)
     manager = tf.train.CheckpointManager(ckpt, str(cfg.checkpoint_dir), max_to_keep=3)
@@ -139,6 +146,7 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
     t_session, t_before = time.perf_counter(), float(time_var)
     means: dict[str, float] = {}
     n_triplets = cfg.batch_size // 3
+    last_save = time.perf_counter()
     try:
         for epoch in range(start, end):
             sums: dict[str, float] = {}
@@ -167,7 +175,9 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
             means = {k: v / max(steps, 1) for k, v in sums.items()}
             epoch_var.assign(epoch + 1)
             time_var.assign(t_before + time.perf_counter() - t_session)
-            manager.save()
+            if epoch + 1 == end or time.perf_counter() - last_save >= CHECKPOINT_EVERY_S:
+                manager.save()  # MiLaN epochs are tiny: at most one checkpoint a minute
+                last_save = time.perf_counter()
             log(f"epoch {epoch + 1}/{cfg.nb_epoch}: loss {means.get('loss', math.nan):.4f} "
                 f"(triplet {means.get('triplet_loss', math.nan):.4f}), {steps} steps")
     finally:

@@ -19,9 +19,15 @@ LOSS_KEYS = ("triplet_loss", "push_loss", "balance_loss", "loss")
 
 
 def build_hash_net(feature_dim: int, bits: int, name: str = "hash_net") -> keras.Model:
-    """(B, feature_dim) -> sigmoid outputs (B, bits)."""
+    """(B, feature_dim) -> sigmoid outputs (B, bits).
+
+    A ``Normalization`` layer ("hash_norm", identity until adapted) comes first: the frozen
+    path adapts it to the cached training features (per-dimension mean and variance), so any
+    backbone's feature scale suits the network (see README, MiLaN decisions).
+    """
     inp = keras.Input(shape=(int(feature_dim),), name="hash_in")
-    x = layers.Dense(1024, name="hash_fc1")(inp)
+    x = layers.Normalization(axis=-1, name="hash_norm")(inp)
+    x = layers.Dense(1024, name="hash_fc1")(x)
     x = layers.LeakyReLU(negative_slope=0.2, name="hash_act1")(x)
     x = layers.Dense(512, name="hash_fc2")(x)
     x = layers.LeakyReLU(negative_slope=0.2, name="hash_act2")(x)

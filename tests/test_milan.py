@@ -232,6 +232,18 @@ def test_milan_frozen_trains_on_noisy_records_and_retrieves(dlrsd, tmp_path, cap
     assert out["relevance"] == "multilabel" and "ACC@10" in out["metrics"]
 
 
+def test_milan_resume_reaches_the_uninterrupted_weights(dlrsd, tmp_path):
+    full = training.train(_cfg(dlrsd, tmp_path / "a", nb_epoch=3), show_progress=False,
+                          log=lambda m: None)
+    cfg = _cfg(dlrsd, tmp_path / "b", nb_epoch=3)
+    part = training.train(cfg, max_epochs=2, show_progress=False, log=lambda m: None)
+    assert not part.completed and part.epochs_done == 2
+    done = training.train(cfg, resume=True, show_progress=False, log=lambda m: None)
+    assert done.completed and done.epochs_done == 3
+    for v, w in zip(full.model.hash_net.weights, done.model.hash_net.weights):
+        assert np.allclose(v.numpy(), w.numpy(), atol=1e-6), v.name
+
+
 def test_milan_frozen_training_lowers_the_triplet_loss(dlrsd, tmp_path):
     short = training.train(_cfg(dlrsd, tmp_path, nb_epoch=1, triplet_labels="scene"),
                            show_progress=False, log=lambda m: None)
