@@ -86,7 +86,12 @@ def score(query_path, archive_path, args, dataset=None, records=(None, None), pl
     scene = args.relevance == "scene"
     if scene:  # MiLaN's protocol: the test set queries itself, relevant = same scene class
         from evaluation.scene import with_scene_labels
-        archive = query = with_scene_labels(archive)
+        try:
+            archive = query = with_scene_labels(archive)
+        except FeatureFileError:
+            archive.close()
+            raise
+        records = (records[1], records[1])  # pictures: queries are archive items
     else:
         query = _open(query_path, args.max_memory_mb)
     # a streamed archive is re-read once per query block: use bigger query blocks then

@@ -1,10 +1,10 @@
 """Feature files (HDF5) and feature extraction.
 
 File layout: datasets ``feature`` (N, F) float32, ``label`` (N, C) float32, ``patch_name`` (N,)
-bytes; optionally ``code`` (N, K/8) uint8, binary hash codes packed in ``numpy.packbits`` order
-(see evaluation/hamming.py); attribute ``fingerprint`` (JSON) identifying the model file and the record files the
-features came from, so a file is reused only while both are unchanged. Files are written under a
-temporary name and renamed into place.
+bytes; optionally ``code`` (N, K/8) uint8, binary hash codes packed in ``numpy.packbits``
+order (see evaluation/hamming.py); attribute ``fingerprint`` (JSON) identifying the model file
+and the record files the features came from, so a file is reused only while both are unchanged.
+Files are written under a temporary name and renamed into place.
 """
 from __future__ import annotations
 

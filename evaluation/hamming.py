@@ -104,7 +104,8 @@ def hamming_backend(name: str | None = None, pairs: int | None = None) -> str:
         return "faiss"
     except ImportError:
         if choice == "faiss":
-            raise RuntimeError("Hamming backend faiss asked for, but faiss is not installed") from None
+            raise RuntimeError("Hamming backend faiss asked for, but faiss is not "
+                               "installed") from None
         return "numpy"
 
 

@@ -154,7 +154,8 @@ def _milan_map_loop(x, scenes, k):
 
 def test_scene_relevance_self_excluded_and_milan_ap():
     from evaluation.scene import with_scene_labels
-    names = ["forest00", "beach01", "forest02", "forest03"] + [f"beach{i:02d}" for i in range(4, 11)]
+    names = ["forest00", "beach01", "forest02", "forest03"]
+    names += [f"beach{i:02d}" for i in range(4, 11)]
     x = np.arange(11, dtype=np.float32)
     fs = with_scene_labels(_fs(x[:, None], names))
     res = evaluate(fs, fs, "euclidean", max_topk=10, exclude_self=True)
