@@ -21,10 +21,14 @@ from typing import Any, Mapping
 
 GRID_MODELS = ("GRID-BCE", "GRID-PCE", "GRID-RRL")
 BASELINE_MODELS = ("BCE", "PCE", "RRL")
-MODEL_NAMES = GRID_MODELS + BASELINE_MODELS
+HASH_MODELS = ("MiLaN",)          # metric-learning deep hashing (SPEC section 8)
+FEATURE_MODELS = ("OffTheShelf",)  # pretrained backbone features, no training (SPEC section 9)
+MODEL_NAMES = GRID_MODELS + BASELINE_MODELS + HASH_MODELS + FEATURE_MODELS
+TRIPLET_LABELS = ("label", "scene")
+FEATURE_LAYERS = ("pooling", "output")
 DATASETS = ("DLRSD", "BEN")
 BACKBONES = ("densenet121", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
-             "mobilenet_v2", "small_cnn")
+             "mobilenet_v2", "small_cnn", "inception_v3")
 OPTIMIZERS = ("Adam", "SGD")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 DUMP_KEYS = ("model_weights", "summaries", "configs", "features")
@@ -186,6 +190,11 @@ class Config:
     seed: int = 0
     kl_weight: float = 1.0
     strategy: str = "default"
+    # MiLaN (SPEC 8) and deep features (SPEC 9)
+    hash_bits: int = 32
+    train_backbone: bool = False
+    triplet_labels: str = "label"
+    feature_layer: str = "pooling"
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -325,6 +334,8 @@ class Config:
         name = (f"{self.dataset}-{self.model_name}-embed{self.embed_dim}"
                 f"-noise_prcnt{self.noise_prcnt}-bs{self.batch_size}-epoch{self.nb_epoch}"
                 f"-noisy_sel_prcnt{self.noisy_sel_prcnt}")
+        if self.model_name in HASH_MODELS:
+            name += f"-bits{self.hash_bits}"
         return f"{name}-{self.suffix}" if self.suffix else name
 
     @property
@@ -391,14 +402,42 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
                   "use null for random initialisation)")
     out["weights"] = weights
 
+    _validate_milan_keys(d, out)
     dataset, model = out["dataset"], out["model_name"]
     if not _bad("dataset", "model_name") and dataset == "BEN" and \
             model.split("-")[-1] in ("PCE", "RRL"):
         _fail(f"model_name: {model!r} needs pixel maps, which BEN does not have; "
               "use GRID-BCE or BCE with dataset BEN")
+    if not _bad("model_name", "strategy") and model in HASH_MODELS + FEATURE_MODELS and \
+            out["strategy"] != "default":
+        _fail(f"strategy: {model} runs on one device; use 'default', got {out['strategy']!r}")
+    if not _bad("model_name", "batch_size") and model in HASH_MODELS and out["batch_size"] % 3:
+        _fail(f"batch_size: MiLaN batches hold triplets (anchor, positive, negative); "
+              f"use a multiple of 3, got {out['batch_size']}")
+    if not _bad("triplet_labels", "dataset") and out["triplet_labels"] == "scene" and \
+            dataset != "DLRSD":
+        _fail("triplet_labels: 'scene' reads the UC Merced scene class from DLRSD "
+              f"patch names; dataset {dataset} has none (use 'label')")
+    if not _bad("feature_layer", "model_name") and out["feature_layer"] == "output" and \
+            model not in ("BCE", "GRID-BCE"):
+        _fail(f"feature_layer: 'output' (sigmoid class scores) needs model_name BCE "
+              f"or GRID-BCE, got {model!r}")
     if not _bad("dataset", "noise_prcnt"):
         levels = archive_constant(dataset, "NOISE_LEVELS")
         if out["noise_prcnt"] != 0 and out["noise_prcnt"] not in levels:
             _fail(f"noise_prcnt: {out['noise_prcnt']} is not offered for {dataset} "
                   f"(0 or one of {', '.join(map(str, levels))})")
     return out
+
+
+def _validate_milan_keys(d: dict[str, Any], out: dict[str, Any]) -> None:
+    """hash_bits, train_backbone, triplet_labels, feature_layer (MiLaN / deep features)."""
+    out["hash_bits"] = _check_int("hash_bits", d["hash_bits"], minimum=8, maximum=4096)
+    if not _bad("hash_bits") and out["hash_bits"] % 8:
+        _fail(f"hash_bits: codes are stored as packed bytes; use a multiple of 8, "
+              f"got {out['hash_bits']}")
+    if not isinstance(d["train_backbone"], bool):
+        _fail(f"train_backbone: expected true or false, got "
+              f"{_type_name(d['train_backbone'])} {d['train_backbone']!r}")
+    out["triplet_labels"] = _check_choice("triplet_labels", d["triplet_labels"], TRIPLET_LABELS)
+    out["feature_layer"] = _check_choice("feature_layer", d["feature_layer"], FEATURE_LAYERS)

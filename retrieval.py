@@ -3,6 +3,9 @@
   python retrieval.py dumps/configs/<run>.json [more.json ...]
   python retrieval.py --query-features Q.h5 --archive-features A.h5 [--metric chi2]
                       [--max-topk K] [--json OUT.json] [--plot N]
+  [--metric hamming]  rank packed hash codes (MiLaN runs; their default)
+  [--index approx]    approximate chi-square, with its recall@K against exact search
+  [--relevance scene] UC Merced scene classes; the archive (test) set queries itself
 
 Config mode extracts features (query = train records with clean labels, archive = test
 records) into <dumps.features>/<run_name>/{query,archive}.h5, reusing them while the model and
@@ -33,7 +36,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("configs", nargs="*", help="dumped run configs (dumps/configs/<run>.json)")
     p.add_argument("--query-features", help="query feature HDF5 (feature, label, patch_name)")
     p.add_argument("--archive-features", help="archive feature HDF5")
-    p.add_argument("--metric", choices=METRICS, default="chi2", help="distance (default chi2)")
+    p.add_argument("--metric", choices=METRICS + ("hamming",), default=None,
+                   help="distance (default chi2; hamming for MiLaN runs)")
+    p.add_argument("--index", choices=("exact", "approx"), default="exact",
+                   help="exact search (default) or approximate chi-square with exact re-rank")
+    p.add_argument("--relevance", choices=("multilabel", "scene"), default="multilabel",
+                   help="multilabel: shared labels (default); scene: same UC Merced scene class, "
+                        "every archive item queries the rest of the archive (MiLaN)")
     p.add_argument("--max-topk", type=int, default=None,
                    help="K retrieved per query (default 420 DLRSD, 1000 BEN/unknown, "
                         "clipped to the archive size; a larger explicit K is an error)")
@@ -72,14 +81,29 @@ def _open(path: str, max_mb: float):
 
 def score(query_path, archive_path, args, dataset=None, records=(None, None), plot_dir=None):
     """Rank and score one pair of feature files; optionally plot; returns the result dict."""
-    query = _open(query_path, args.max_memory_mb)
+    metric = args.metric or "chi2"
     archive = _open(archive_path, args.max_memory_mb)
+    scene = args.relevance == "scene"
+    if scene:  # MiLaN's protocol: the test set queries itself, relevant = same scene class
+        from evaluation.scene import with_scene_labels
+        try:
+            archive = query = with_scene_labels(archive)
+        except FeatureFileError:
+            archive.close()
+            raise
+        records = (records[1], records[1])  # pictures: queries are archive items
+    else:
+        query = _open(query_path, args.max_memory_mb)
     # a streamed archive is re-read once per query block: use bigger query blocks then
     qblock = args.query_block if archive.handle is None else max(args.query_block, 4096)
     try:
-        res = evaluate(query, archive, args.metric, args.max_topk, dataset, qblock,
-                       args.archive_block, keep=max(args.plot, 0), progress=not args.quiet)
-        res["chi2_backend"] = chi2_backend() if args.metric == "chi2" else None
+        res = evaluate(query, archive, metric, args.max_topk, dataset, qblock,
+                       args.archive_block, keep=max(args.plot, 0), progress=not args.quiet,
+                       index=args.index, exclude_self=scene)
+        res["chi2_backend"] = chi2_backend() if metric == "chi2" else None
+        res["relevance"] = args.relevance
+        if scene and "mAP@20" in res["metrics"]:
+            res["headline"] = {"mAP@20": res["metrics"]["mAP@20"]}
         top = res.pop("topk_index", None)
         if args.plot > 0:
             if not (dataset and records[0] and records[1]):
@@ -122,6 +146,10 @@ def run_config(path: str, args) -> tuple[str, dict]:
     def make(paths):
         return make_dataset(paths, cfg["dataset"], training=False, batch_size=args.batch_size)
 
+    binary = cfg.get("model_name") == "MiLaN"  # sigmoid hash outputs: also store packed codes
+    if args.metric is None and cfg.get("model_name") in ("MiLaN", "OffTheShelf"):
+        metric = "hamming" if binary else "cosine"  # the published systems' distances
+        args = argparse.Namespace(**{**vars(args), "metric": metric})
     out_dir = Path(cfg["dumps"]["features"]) / cfg["run_name"]
     from atomic_files import remove_stale_temps
     for stale in remove_stale_temps(out_dir):
@@ -131,7 +159,7 @@ def run_config(path: str, args) -> tuple[str, dict]:
         files[side] = out_dir / f"{side}.h5"
         try:
             reused = ensure_features(files[side], cfg["feature_model_path"], cfg[key], make,
-                                     progress=not args.quiet)
+                                     progress=not args.quiet, binary=binary)
         except Exception as err:  # a damaged record file: name it (else the error stands)
             import tensorflow as tf
             if not isinstance(err, (tf.errors.OpError, ValueError)) or \
@@ -210,6 +238,9 @@ def main(argv=None) -> int:
     for name, res in results.items():
         print(f"{name}: {res['num_queries']} queries x {res['num_archive']} archive, "
               f"{res['metric']}, K={res['max_topk']}, {res['ranking_seconds']} s")
+        for key in [k for k in res if k.startswith("approx_recall@")]:
+            print(f"  approximate search: {key[7:]} = {res[key]:.4f} against exact search on "
+                  f"{res['approx_recall_queries']} sampled queries")
     print(format_table(results))
     if args.json:
         write_json_atomic(args.json, results["result"] if len(results) == 1 and not args.configs

@@ -253,6 +253,15 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
 
     run_guard.check_inputs(cfg)
     run_guard.check_outputs(cfg)
+    if cfg.model_name in ("MiLaN", "OffTheShelf"):  # single-device models with their own loop
+        if not resume:
+            run_guard.clear_for_fresh_start(cfg, overwrite, log)
+        if cfg.model_name == "MiLaN":  # hashing: milan_training.py
+            import milan_training
+            return milan_training.train(cfg, resume=resume, max_epochs=max_epochs,
+                                        show_progress=show_progress, log=log)
+        import deep_features  # pretrained features, nothing to train
+        return deep_features.export_off_the_shelf(cfg, log=log)
     configure_devices(cfg)
     strategy = make_strategy(cfg.strategy)
     if _worker_role(strategy)[0]:
@@ -356,7 +365,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     feature_path = dump_path = None
     if completed and run.chief:
         feature_path = cfg.feature_model_path
-        save_feature_model(run.model.feature_model, feature_path)
+        from deep_features import retrieval_model
+        save_feature_model(retrieval_model(run.model, cfg), feature_path)
         dump_path = cfg.config_dump_path
         if not reported:  # nothing trained or validated in this call: keep the earlier metrics
             final = _previous_final_metrics(dump_path)

@@ -13,7 +13,9 @@ import numpy as np
 
 from evaluation.features import FeatureFileError, FeatureSet, check_nonnegative, check_pair
 from evaluation.metrics import NDCG_KS, REPORT_KS, archive_gains, per_query_metrics, shared_counts
-from evaluation.ranking import topk_blocks
+from evaluation.label_metrics import per_item_metrics
+from evaluation.search import exclude_self as _exclude_self
+from evaluation.search import search_blocks
 
 DEFAULT_TOPK = {"DLRSD": 420, "BEN": 1000}
 HEADLINE = {"DLRSD": "NDCG@20", "BEN": "NDCG@30"}
@@ -34,16 +36,24 @@ def resolve_topk(max_topk: int | None, archive: FeatureSet, dataset: str | None)
 
 def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
              max_topk: int | None = None, dataset: str | None = None, query_block: int = 256,
-             archive_block: int = 8192, keep: int = 0, progress: bool = False) -> dict:
+             archive_block: int = 8192, keep: int = 0, progress: bool = False,
+             index: str = "exact", exclude_self: bool = False) -> dict:
     """Rank every query and return the result dict (means of every metric, counts, timing).
 
     ``keep``: also return the top-K indices of the first ``keep`` queries (key ``topk_index``).
+    ``metric="hamming"`` ranks packed codes; ``index="approx"``: approximate chi-square (its
+    recall@K against exact search is in the result). ``exclude_self``: query = archive (same
+    rows), each query's own row is not retrieved and not counted as relevant.
     """
     check_pair(query, archive)
+    if exclude_self and len(archive) < 2:
+        raise FeatureFileError(f"{archive.path}: a set that queries itself needs >= 2 items")
     if metric == "chi2":  # chi-square is defined for non-negative features only
         check_nonnegative(query.path, query.feature)
         check_nonnegative(archive.path, archive.feature)
     k = resolve_topk(max_topk, archive, dataset)
+    if exclude_self:
+        k = min(k, len(archive) - 1)
     # the standard cutoffs up to K, and K itself (an archive smaller than 10 still gets a table)
     report_ks = sorted({x for x in REPORT_KS if x <= k} | {k})
     ndcg_ks = sorted({x for x in NDCG_KS if x <= k} | {k})
@@ -59,16 +69,25 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
     no_relevant = 0
     kept = []
     t0 = time.perf_counter()
-    blocks = topk_blocks(query.feature, archive.feature, k, metric, query_block, archive_block)
+    info: dict = {}
+    blocks = search_blocks(query, archive, k + int(exclude_self), metric, index, query_block,
+                           archive_block, info)
+    if exclude_self:
+        blocks = _exclude_self(blocks, k)
     if progress:
         from tqdm import tqdm
         blocks = tqdm(blocks, total=-(-len(query) // query_block), desc="ranking", unit="block")
     for q0, idx, _ in blocks:
         qlab = query.label[q0:q0 + idx.shape[0]]
         s = shared_counts(qlab, archive.label, idx)
-        n_rel, ideal = archive_gains(qlab, archive.label, kmax_global)
+        n_rel, ideal = archive_gains(qlab, archive.label, kmax_global + int(exclude_self))
+        if exclude_self:  # the query's own row: relevant, and the largest s of all
+            n_rel = n_rel - (qlab > 0.5).any(1)
+            ideal = ideal[:, 1:]
         no_relevant += int((n_rel == 0).sum())
         for name, values in per_query_metrics(s, n_rel, ideal, report_ks, ndcg_ks).items():
+            sums[name] = sums.get(name, 0.0) + float(values.sum())
+        for name, values in per_item_metrics(qlab, archive.label, idx, s, report_ks).items():
             sums[name] = sums.get(name, 0.0) + float(values.sum())
         if len(kept) * query_block < keep:
             kept.append(idx)
@@ -80,6 +99,7 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
         "queries_without_relevant": no_relevant, "queries_without_labels": empty[query.path],
         "archive_without_labels": empty[archive.path], "ranking_seconds": round(seconds, 3),
         "metrics": {name: total / n for name, total in sums.items()},
+        "index": index, "exclude_self": exclude_self, **info,
     }
     if dataset in HEADLINE and HEADLINE[dataset] in result["metrics"]:
         result["headline"] = {HEADLINE[dataset]: result["metrics"][HEADLINE[dataset]]}

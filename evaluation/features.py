@@ -1,9 +1,10 @@
 """Feature files (HDF5) and feature extraction.
 
 File layout: datasets ``feature`` (N, F) float32, ``label`` (N, C) float32, ``patch_name`` (N,)
-bytes; attribute ``fingerprint`` (JSON) identifying the model file and the record files the
-features came from, so a file is reused only while both are unchanged. Files are written under a
-temporary name and renamed into place.
+bytes; optionally ``code`` (N, K/8) uint8, binary hash codes packed in ``numpy.packbits``
+order (see evaluation/hamming.py); attribute ``fingerprint`` (JSON) identifying the model file
+and the record files the features came from, so a file is reused only while both are unchanged.
+Files are written under a temporary name and renamed into place.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class FeatureSet:
     label: np.ndarray
     patch_name: np.ndarray
     handle: h5py.File | None = None
+    code: np.ndarray | None = None  # packed hash codes (N, K/8) uint8, when the file has them
 
     def __len__(self) -> int:
         return self.feature.shape[0]
@@ -69,10 +71,13 @@ def fingerprint(model_path, record_paths: Sequence) -> dict:
             "records": recs}
 
 
-def write_features(path, feature, label, patch_name, fp: dict | None = None) -> None:
-    """Write a feature file atomically (temporary name, then rename)."""
+def write_features(path, feature, label, patch_name, fp: dict | None = None,
+                   code=None) -> None:
+    """Write a feature file atomically (temporary name, then rename); ``code``: packed codes."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("feature", data=np.asarray(feature, np.float32))
+        if code is not None:
+            f.create_dataset("code", data=np.asarray(code, np.uint8))
         f.create_dataset("label", data=np.asarray(label, np.float32))
         names = [n if isinstance(n, bytes) else str(n).encode() for n in patch_name]
         f.create_dataset("patch_name", data=np.array(names, dtype=object),
@@ -140,17 +145,29 @@ def read_features(path, in_memory: bool = True, check: bool = True) -> FeatureSe
                           stacklevel=2)
             names = np.array([str(i).encode() for i in range(feat.shape[0])], dtype=object)
         label = label[()].astype(np.float32)
+        code = _read_code(path, handle, feat.shape[0])
         if in_memory:  # read once; the finite check then runs on the array
             feat = feat[()].astype(np.float32)
         if check:
             check_finite(path, feat)
         if in_memory:
             handle.close()
-            return FeatureSet(path, feat, label, names)
-        return FeatureSet(path, feat, label, names, handle)
+            return FeatureSet(path, feat, label, names, code=code)
+        return FeatureSet(path, feat, label, names, handle, code=code)
     except Exception:
         handle.close()
         raise
+
+
+def _read_code(path: str, handle, rows: int):
+    """The ``code`` dataset as uint8 (rows, B), None when absent; FeatureFileError when bad."""
+    if "code" not in handle:
+        return None
+    code = handle["code"]
+    if code.ndim != 2 or code.dtype != np.uint8 or code.shape[0] != rows:
+        raise FeatureFileError(f"{path}: code must be uint8 ({rows}, bytes) packed bits, got "
+                               f"{code.dtype} {code.shape}")
+    return code[()]
 
 
 def check_pair(query: FeatureSet, archive: FeatureSet) -> None:
@@ -187,12 +204,14 @@ def extract_features(model, dataset, label_key: str = "label", progress: bool = 
 
 
 def ensure_features(out_path, model_path, record_paths: Sequence, make_dataset: Callable,
-                    load_model: Callable | None = None, progress: bool = False) -> bool:
+                    load_model: Callable | None = None, progress: bool = False,
+                    binary: bool = False) -> bool:
     """Make ``out_path`` hold valid features of ``record_paths`` under ``model_path``.
 
     Reuses an existing file whose fingerprint matches and which reads back cleanly (returns
     True); otherwise extracts with ``load_model(model_path)`` over ``make_dataset(record_paths)``
-    and writes the file atomically (returns False).
+    and writes the file atomically (returns False). ``binary``: the model outputs sigmoid
+    hash outputs; also store their packed codes (dataset ``code``).
     """
     missing = [str(p) for p in [model_path, *record_paths] if not Path(p).is_file()]
     if missing:
@@ -200,8 +219,10 @@ def ensure_features(out_path, model_path, record_paths: Sequence, make_dataset: 
     fp = fingerprint(model_path, record_paths)
     if Path(out_path).is_file() and stored_fingerprint(out_path) == fp:
         try:
-            read_features(out_path, in_memory=False, check=False).close()
-            return True
+            fs = read_features(out_path, in_memory=False, check=False)
+            fs.close()
+            if fs.code is not None or not binary:
+                return True
         except FeatureFileError:
             pass
     if load_model is None:
@@ -215,5 +236,9 @@ def ensure_features(out_path, model_path, record_paths: Sequence, make_dataset: 
             from None
     feat, label, names = extract_features(model, make_dataset(list(map(str, record_paths))),
                                           progress=progress)
-    write_features(out_path, feat, label, names, fp)
+    code = None
+    if binary:
+        from evaluation.hamming import pack_codes
+        code = pack_codes(feat)
+    write_features(out_path, feat, label, names, fp, code=code)
     return False

@@ -5,7 +5,11 @@ from models.grid import GridModel, make_eval_step, make_train_step
 
 def build_model(cfg):
     """GridModel for cfg.model_name in GRID-BCE, GRID-PCE, GRID-RRL, BCE, PCE, RRL.
-    Build it inside ``strategy.scope()`` when training with a tf.distribute strategy."""
+    Build it inside ``strategy.scope()`` when training with a tf.distribute strategy.
+    model_name "MiLaN" gives a ``models.milan.MilanModel`` (hashing network, SPEC 8)."""
+    if cfg.model_name == "MiLaN":
+        from models.milan import MilanModel
+        return MilanModel(cfg)
     return GridModel(cfg)
 
 

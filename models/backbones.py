@@ -10,6 +10,7 @@ from config import BACKBONES  # the names a config may give; every one is built 
 _APPS = {
     "densenet121": "DenseNet121", "resnet50": "ResNet50", "resnet101": "ResNet101",
     "resnet152": "ResNet152", "vgg16": "VGG16", "vgg19": "VGG19", "mobilenet_v2": "MobileNetV2",
+    "inception_v3": "InceptionV3",
 }
 
 

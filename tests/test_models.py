@@ -256,7 +256,7 @@ def test_feature_model_saves_and_loads_in_a_fresh_process(tmp_path):
 
 def test_every_backbone_name_builds():
     assert set(BACKBONES) == {"densenet121", "resnet50", "resnet101", "resnet152", "vgg16",
-                              "vgg19", "mobilenet_v2", "small_cnn"}
+                              "vgg19", "mobilenet_v2", "small_cnn", "inception_v3"}
     channels = {"densenet121": 1024, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
                 "vgg16": 512, "vgg19": 512, "mobilenet_v2": 1280, "small_cnn": 128}
     for name in BACKBONES:  # every name resolves; the deep ones are slow to build on CPU
