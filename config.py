@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import difflib
-import importlib
 import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
+
+from archives import registry
 
 GRID_MODELS = ("GRID-BCE", "GRID-PCE", "GRID-RRL")
 BASELINE_MODELS = ("BCE", "PCE", "RRL")
@@ -26,7 +27,7 @@ FEATURE_MODELS = ("OffTheShelf",)  # pretrained backbone features, no training (
 MODEL_NAMES = GRID_MODELS + BASELINE_MODELS + HASH_MODELS + FEATURE_MODELS
 TRIPLET_LABELS = ("label", "scene")
 FEATURE_LAYERS = ("pooling", "output")
-DATASETS = ("DLRSD", "BEN")
+DATASETS = registry.names()  # at import; validation reads the registry itself
 BACKBONES = ("densenet121", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
              "mobilenet_v2", "small_cnn", "inception_v3")
 OPTIMIZERS = ("Adam", "SGD")
@@ -38,15 +39,6 @@ DEFAULT_DUMPS = {"model_weights": "dumps/weights", "summaries": "dumps/summaries
 OUTPUT_KEYS = ("run_name", "nb_class", "feature_model_path", "training_time_s",
                "noisy_train_paths", "final_metrics")
 FEATURE_MODEL_FILE = "feature_model.keras"
-
-# Used only when the archive modules cannot be imported; they are the source of truth.
-_FALLBACK = {
-    "DLRSD": {"NB_CLASS": 17, "MODEL_INPUT_SHAPE": (224, 224, 3),
-              "NOISE_LEVELS": tuple(range(10, 100, 10))},
-    "BEN": {"NB_CLASS": 19, "MODEL_INPUT_SHAPE": (120, 120, 10),
-            "NOISE_LEVELS": tuple(range(10, 70, 10))},
-}
-_ARCHIVE_MODULES = {"DLRSD": "archives.dlrsd", "BEN": "archives.ben"}
 
 
 class ConfigError(ValueError):
@@ -85,15 +77,10 @@ def _bad(*keys: str) -> bool:
 
 
 def archive_constant(dataset: str, name: str):
-    """``name`` (NB_CLASS, MODEL_INPUT_SHAPE, NOISE_LEVELS) from the archive module, else fallback."""
-    try:
-        module = importlib.import_module(_ARCHIVE_MODULES[dataset])
-        value = getattr(module, name)
-    except (ImportError, AttributeError):
-        value = _FALLBACK[dataset][name]
-    if name in ("MODEL_INPUT_SHAPE", "NOISE_LEVELS"):
-        return tuple(int(v) for v in value)
-    return int(value)
+    """``name`` (NB_CLASS, MODEL_INPUT_SHAPE, NOISE_LEVELS) of a registered archive."""
+    info = registry.get(dataset)
+    return {"NB_CLASS": info.nb_class, "MODEL_INPUT_SHAPE": info.model_input_shape,
+            "NOISE_LEVELS": info.noise_levels}[name]
 
 
 def _suggest(key: str, valid) -> str:
@@ -303,18 +290,22 @@ class Config:
         return self.model_name.split("-")[-1]
 
     @property
+    def archive(self) -> registry.ArchiveInfo:
+        """The light description of ``dataset`` (archives/registry.py)."""
+        return registry.get(self.dataset)
+
+    @property
     def nb_class(self) -> int:
-        return archive_constant(self.dataset, "NB_CLASS")
+        return self.archive.nb_class
 
     @property
     def out_size(self) -> int:
         """Size of the RRL target: the upper triangle of a C x C matrix, diagonal included."""
-        c = self.nb_class
-        return c * (c + 1) // 2
+        return self.archive.out_size
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return archive_constant(self.dataset, "MODEL_INPUT_SHAPE")
+        return self.archive.model_input_shape
 
     @property
     def noisy_train_paths(self) -> tuple[str, ...]:
@@ -372,7 +363,7 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     d = {k: (None if v is _MISSING else v) for k, v in d.items()}
     out = dict(d)
     out["model_name"] = _check_choice("model_name", d["model_name"], MODEL_NAMES)
-    out["dataset"] = _check_choice("dataset", d["dataset"], DATASETS)
+    out["dataset"] = _check_choice("dataset", d["dataset"], registry.names())
     out["backbone"] = _check_choice("backbone", d["backbone"], BACKBONES)
     out["optimizer"] = _check_choice("optimizer", d["optimizer"], OPTIMIZERS)
     out["strategy"] = _check_choice("strategy", d["strategy"], STRATEGIES)
@@ -404,26 +395,27 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
 
     _validate_milan_keys(d, out)
     dataset, model = out["dataset"], out["model_name"]
-    if not _bad("dataset", "model_name") and dataset == "BEN" and \
+    info = None if _bad("dataset") else registry.get(dataset)
+    if info and not _bad("model_name") and not info.has_pixel_maps and \
             model.split("-")[-1] in ("PCE", "RRL"):
-        _fail(f"model_name: {model!r} needs pixel maps, which BEN does not have; "
-              "use GRID-BCE or BCE with dataset BEN")
+        _fail(f"model_name: {model!r} needs pixel maps, which {dataset} does not have; "
+              f"use GRID-BCE or BCE with dataset {dataset}")
     if not _bad("model_name", "strategy") and model in HASH_MODELS + FEATURE_MODELS and \
             out["strategy"] != "default":
         _fail(f"strategy: {model} runs on one device; use 'default', got {out['strategy']!r}")
     if not _bad("model_name", "batch_size") and model in HASH_MODELS and out["batch_size"] % 3:
         _fail(f"batch_size: MiLaN batches hold triplets (anchor, positive, negative); "
               f"use a multiple of 3, got {out['batch_size']}")
-    if not _bad("triplet_labels", "dataset") and out["triplet_labels"] == "scene" and \
-            dataset != "DLRSD":
-        _fail("triplet_labels: 'scene' reads the UC Merced scene class from DLRSD "
-              f"patch names; dataset {dataset} has none (use 'label')")
+    if info and not _bad("triplet_labels") and out["triplet_labels"] == "scene" and \
+            not info.scene_classes:
+        _fail("triplet_labels: 'scene' reads the scene class from patch names (UC Merced's "
+              f"in DLRSD); dataset {dataset} has none (use 'label')")
     if not _bad("feature_layer", "model_name") and out["feature_layer"] == "output" and \
             model not in ("BCE", "GRID-BCE"):
         _fail(f"feature_layer: 'output' (sigmoid class scores) needs model_name BCE "
               f"or GRID-BCE, got {model!r}")
-    if not _bad("dataset", "noise_prcnt"):
-        levels = archive_constant(dataset, "NOISE_LEVELS")
+    if info and not _bad("noise_prcnt"):
+        levels = info.noise_levels
         if out["noise_prcnt"] != 0 and out["noise_prcnt"] not in levels:
             _fail(f"noise_prcnt: {out['noise_prcnt']} is not offered for {dataset} "
                   f"(0 or one of {', '.join(map(str, levels))})")

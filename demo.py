@@ -14,15 +14,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+from archives import registry  # noqa: E402
 from config import Config  # noqa: E402  (needs ROOT on the path when run from elsewhere)
 
 DEMO = Path("dumps/demo")
-CONFIGS = {
-    "DLRSD": ["configs/demo_grid_bce.json", "configs/demo_bce.json"],
-    "BEN": ["configs/demo_ben_grid_bce.json", "configs/demo_ben_bce.json"],
-}
+# the configs, sample options and prep command of each archive are in its description
+CONFIGS = {a.name: list(a.demo_configs) for a in registry.ARCHIVES.values() if a.demo_configs}
 NOISE = 50
-BEN_PATCHES = 200  # enough for a test split of at least 30 patches (NDCG@30)
 
 
 def run(cmd: list[str]) -> None:
@@ -35,20 +33,15 @@ def run(cmd: list[str]) -> None:
 
 def prepare(dataset: str) -> None:
     """Write the sample archive and its TFRecords unless they already exist."""
+    info = registry.get(dataset)
     raw = DEMO / "raw" / dataset
     out = DEMO / "data" / dataset
     if not (ROOT / raw).exists():
-        size = ["--patches", str(BEN_PATCHES)] if dataset == "BEN" else []
-        run(["-m", "archives.sample", "--dataset", dataset, "--out", str(raw), "--seed", "0", *size])
+        run(["-m", "archives.sample", "--dataset", dataset, "--out", str(raw), "--seed", "0",
+             *info.demo_sample_args])
     if not (ROOT / out / "TFRecord" / f"train_noise_prcnt{NOISE}.tfrecord").exists():
-        if dataset == "DLRSD":
-            run(["prep_DLRSD_noisy.py", "-r_dlrsd", str(raw / "DLRSD"),
-                 "-r_ucm", str(raw / "UCMerced_LandUse"), "-o", str(out),
-                 "--noise-levels", str(NOISE)])
-        else:
-            run(["prep_BEN_noisy.py", "-r", str(raw), "-o", str(out),
-                 "-train", str(raw / "train.csv"), "-val", str(raw / "val.csv"),
-                 "-test", str(raw / "test.csv"), "--noise-levels", str(NOISE)])
+        run([arg.format(raw=raw, out=out) for arg in info.demo_prep]
+            + ["--noise-levels", str(NOISE)])
 
 
 def main() -> None:

@@ -94,9 +94,8 @@ def relevance_labels(cfg: Config, noisy_label, patch_names) -> np.ndarray:
     return np.asarray(noisy_label)
 
 
-def _scene_label_fn():
-    from archives.dlrsd import SCENE_CLASSES
-    classes = tf.constant(SCENE_CLASSES)
+def _scene_label_fn(scene_classes):
+    classes = tf.constant(list(scene_classes))
 
     def fn(batch):
         scene = tf.strings.regex_replace(tf.strings.lower(batch["patch_name"]), r"_?\d+$", "")
@@ -116,7 +115,7 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
     model = MilanModel(cfg)
     optimizer = make_optimizer(cfg)
     if cfg.train_backbone:
-        label_fn = (_scene_label_fn() if cfg.triplet_labels == "scene"
+        label_fn = (_scene_label_fn(cfg.archive.scene_classes) if cfg.triplet_labels == "scene"
                     else (lambda batch: batch["noisy_label"]))
         step = make_joint_step(model, optimizer, cfg.seed, label_fn)
     else:

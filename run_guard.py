@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from atomic_files import remove_stale_temps
-from config import DATASETS, Config
+from archives import registry
+from config import Config
 
 
 class RunError(ValueError):
@@ -48,7 +49,7 @@ def check_record_file(key: str, path: str, dataset: str) -> None:
         raise RunError(f"{path}: truncated or corrupt TFRecord ({_first_line(err)})") from None
     except ValueError as err:
         problem = err
-    for other in DATASETS:
+    for other in registry.names():
         if other == dataset:
             continue
         try:

@@ -1,11 +1,11 @@
-"""Benchmark archives: raw-layout readers, class nomenclatures, TFRecord schemas, noise injection."""
-import importlib
+"""Benchmark archives: raw-layout readers, class nomenclatures, TFRecord schemas, noise injection.
 
-_MODULES = {"DLRSD": "archives.dlrsd", "BEN": "archives.ben"}
+Each archive's facts are in its light description (archives/registry.py); ``get_archive`` gives
+the module that parses its records.
+"""
 
 
 def get_archive(name: str):
-    """The archive module for ``name`` ("DLRSD" or "BEN"), imported on first use."""
-    if name not in _MODULES:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(_MODULES)}")
-    return importlib.import_module(_MODULES[name])
+    """The archive module for ``name`` (a registered dataset), imported on first use."""
+    from archives import registry
+    return registry.get(name).load()

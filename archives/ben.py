@@ -33,35 +33,29 @@ from typing import Iterable, Sequence
 import numpy as np
 from bigearthnet_common import constants as ben_constants
 
-NAME = "BEN"
-CLASS_NAMES: list[str] = list(ben_constants.NEW_LABELS_ORIGINAL_ORDER)
-NB_CLASS = len(CLASS_NAMES)
+from archives import registry
+
+INFO = registry.BEN  # the archive's facts live in its light description
+NAME = INFO.name
+CLASS_NAMES: list[str] = list(INFO.class_names)
+NB_CLASS = INFO.nb_class
 OLD_CLASS_NAMES: list[str] = list(ben_constants.OLD_LABELS_ORIGINAL_ORDER)
-NOISE_LEVELS = (10, 20, 30, 40, 50, 60)
-SHUFFLE_BUFFER = 10000
-HAS_PIXEL_MAPS = False
-TRAIN_CROP = None
+NOISE_LEVELS = INFO.noise_levels
+SHUFFLE_BUFFER = INFO.shuffle_buffer
+HAS_PIXEL_MAPS = INFO.has_pixel_maps
+TRAIN_CROP = INFO.train_crop
 
 BAND_NAMES = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 BAND_SIZES = {"B01": 20, "B02": 120, "B03": 120, "B04": 120, "B05": 60, "B06": 60, "B07": 60,
               "B08": 120, "B8A": 60, "B09": 20, "B11": 60, "B12": 60}
-BAND_STATS = {  # per-band mean / std of raw reflectance (SPEC section 1)
-    "mean": {"B01": 340.76769064, "B02": 429.9430203, "B03": 614.21682446,
-             "B04": 590.23569706, "B05": 950.68368468, "B06": 1792.46290469,
-             "B07": 2075.46795189, "B08": 2218.94553375, "B8A": 2266.46036911,
-             "B09": 2246.0605464, "B11": 1594.42694882, "B12": 1009.32729131},
-    "std": {"B01": 554.81258967, "B02": 572.41639287, "B03": 582.87945694,
-            "B04": 675.88746967, "B05": 729.89827633, "B06": 1096.01480586,
-            "B07": 1273.45393088, "B08": 1365.45589904, "B8A": 1356.13789355,
-            "B09": 1302.3292881, "B11": 1079.19066363, "B12": 818.86747235},
-}
-HIGH_RES_BANDS = ("B04", "B03", "B02", "B08")
-LOW_RES_BANDS = ("B05", "B06", "B07", "B8A", "B11", "B12")
-MODEL_BANDS = HIGH_RES_BANDS + LOW_RES_BANDS
-IMAGE_SHAPE = (120, 120, len(MODEL_BANDS))
-MODEL_INPUT_SHAPE = IMAGE_SHAPE
-MODEL_MEAN = np.array([BAND_STATS["mean"][b] for b in MODEL_BANDS], np.float32)
-MODEL_STD = np.array([BAND_STATS["std"][b] for b in MODEL_BANDS], np.float32)
+BAND_STATS = registry.BEN_BAND_STATS  # per-band mean / std of raw reflectance (SPEC 1)
+MODEL_BANDS = INFO.channel_names
+HIGH_RES_BANDS = MODEL_BANDS[:4]  # 10 m bands, then the 20 m ones resized to 120 x 120
+LOW_RES_BANDS = MODEL_BANDS[4:]
+IMAGE_SHAPE = INFO.image_shape
+MODEL_INPUT_SHAPE = INFO.model_input_shape
+MODEL_MEAN = np.array(INFO.model_mean, np.float32)
+MODEL_STD = np.array(INFO.model_std, np.float32)
 
 LABELS_KEY = "BEN-19_labels"
 LABEL_KEY = "BEN-19_multi_hot"

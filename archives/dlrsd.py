@@ -40,35 +40,29 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from archives import registry
 from archives.common import (atomic_tfrecord_writer, bytes_feature, check_writable, example_keys,
                              float_feature, records_dataset, skip_or_raise)
 
-NAME = "DLRSD"
-CLASS_NAMES = [
-    "airplane", "bare soil", "buildings", "cars", "chaparral", "court", "dock", "field", "grass",
-    "mobile home", "pavement", "sand", "sea", "ship", "tanks", "trees", "water",
-]
-NB_CLASS = 17
+INFO = registry.DLRSD  # the archive's facts live in its light description
+NAME = INFO.name
+CLASS_NAMES = list(INFO.class_names)
+NB_CLASS = INFO.nb_class
 PALETTE = np.array([
     (166, 202, 240), (128, 128, 0), (0, 0, 128), (255, 0, 0), (0, 128, 0), (128, 0, 0),
     (255, 233, 233), (160, 160, 164), (0, 128, 128), (90, 87, 255), (255, 255, 0), (255, 192, 0),
     (0, 0, 255), (255, 0, 192), (128, 0, 128), (0, 255, 0), (0, 255, 255),
 ], dtype=np.uint8)
-SCENE_CLASSES = [
-    "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral",
-    "denseresidential", "forest", "freeway", "golfcourse", "harbor", "intersection",
-    "mediumresidential", "mobilehomepark", "overpass", "parkinglot", "river", "runway",
-    "sparseresidential", "storagetanks", "tenniscourt",
-]
-NOISE_LEVELS = list(range(10, 100, 10))
-SHUFFLE_BUFFER = 1680
-IMAGE_SIZE = 256
-IMAGE_SHAPE = (256, 256, 3)
-MODEL_INPUT_SHAPE = (224, 224, 3)
-TRAIN_CROP = 224
-MODEL_MEAN = np.array([76.54768, 76.80208, 73.49884], dtype=np.float32)
-MODEL_STD = np.array([72.219376, 70.419426, 63.12712], dtype=np.float32)
-HAS_PIXEL_MAPS = True
+SCENE_CLASSES = list(INFO.scene_classes)
+NOISE_LEVELS = list(INFO.noise_levels)
+SHUFFLE_BUFFER = INFO.shuffle_buffer
+IMAGE_SHAPE = INFO.image_shape
+IMAGE_SIZE = IMAGE_SHAPE[0]
+MODEL_INPUT_SHAPE = INFO.model_input_shape
+TRAIN_CROP = INFO.train_crop
+MODEL_MEAN = np.array(INFO.model_mean, dtype=np.float32)
+MODEL_STD = np.array(INFO.model_std, dtype=np.float32)
+HAS_PIXEL_MAPS = INFO.has_pixel_maps
 SPLITS = ("train", "val", "test")
 SCHEMAS = ("compact", "published")
 

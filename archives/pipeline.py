@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from archives import get_archive
+from archives import registry
 
 BRIGHTNESS_DELTA = 0.2
 _LABEL_KEYS = ("label", "noisy_label", "patch_name")
@@ -60,14 +60,14 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
                  epoch: int = 0, shuffle_buffer: int | None = None,
                  drop_remainder: bool = False) -> tf.data.Dataset:
     """Batched dicts ready for the model (docs/interfaces.md, "Input pipeline")."""
-    arch = get_archive(dataset)
-    map_keys = _MAP_KEYS if getattr(arch, "HAS_PIXEL_MAPS", False) else ()
+    info = registry.get(dataset)
+    map_keys = _MAP_KEYS if info.has_pixel_maps else ()
     # small element dtypes (uint8/uint16 images, int8 maps) keep the shuffle buffer small
-    ds = arch.parse_records(paths, compact_dtypes=True)
-    mean = tf.constant(arch.MODEL_MEAN, tf.float32)
-    std = tf.constant(arch.MODEL_STD, tf.float32)
-    h, w = arch.IMAGE_SHAPE[:2]
-    crop = arch.TRAIN_CROP
+    ds = info.load().parse_records(paths, compact_dtypes=True)
+    mean = tf.constant(info.model_mean, tf.float32)
+    std = tf.constant(info.model_std, tf.float32)
+    h, w = info.image_shape[:2]
+    crop = info.train_crop
 
     def augment(index, ex):
         s = element_seeds(seed, epoch, index, 5)
@@ -89,7 +89,7 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
         return _finish(ex, spatial, map_keys, mean, std)
 
     if training:
-        buffer = int(shuffle_buffer or arch.SHUFFLE_BUFFER)
+        buffer = int(shuffle_buffer or info.shuffle_buffer)
         ds = stateless_shuffle(ds.enumerate(), buffer, seed, epoch)
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:

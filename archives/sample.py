@@ -4,19 +4,21 @@
 ``DIR/UCMerced_LandUse/Images/<scene>/<scene>NN.tif``, ``DIR/DLRSD/Images/<scene>/<scene>NN.png``
 and ``DIR/DLRSD/multi-labels.xlsx``. Each image is made of labelled regions (a background class
 plus blobs and rectangles of the scene's typical classes); every class has its own colour and
-texture, plus pixel noise, so the labels can be learned. ``--dataset BEN`` dispatches to
-``archives.sample_ben``.
+texture, plus pixel noise, so the labels can be learned. Another ``--dataset`` dispatches to the
+writer its description names (archives/registry.py ``sample_module``, e.g. archives.sample_ben).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from archives import dlrsd
+from archives import dlrsd, registry
 
 C = {n: i for i, n in enumerate(dlrsd.CLASS_NAMES)}
 # scene -> (background classes, classes always drawn, classes drawn with probability 1/2)
@@ -148,18 +150,19 @@ def write_sample_archive(root, *, seed: int = 0, per_class: int = 10, scenes=Non
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", choices=("DLRSD", "BEN"), default="DLRSD")
+    p.add_argument("--dataset", choices=[a.name for a in registry.ARCHIVES.values()
+                                         if a.sample_module], default="DLRSD")
     p.add_argument("--out", required=True, help="folder to write the archive into")
     p.add_argument("--per-class", type=int, default=10, help="DLRSD images per scene folder")
     p.add_argument("--patches", type=int, default=None, help="BEN patches (default: its own)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    if a.dataset == "BEN":
-        from archives import sample_ben  # the BEN owner's module, imported only when asked for
-        kw = {} if a.patches is None else {"n_patches": a.patches}
-        out = sample_ben.write_sample_archive(a.out, seed=a.seed, **kw)
-    else:
-        out = write_sample_archive(a.out, seed=a.seed, per_class=a.per_class)
+    # the archive's own writer (named in its description), given the options it takes
+    writer = importlib.import_module(registry.get(a.dataset).sample_module).write_sample_archive
+    options = {"per_class": a.per_class, "n_patches": a.patches}
+    taken = inspect.signature(writer).parameters
+    out = writer(a.out, seed=a.seed,
+                 **{k: v for k, v in options.items() if v is not None and k in taken})
     print(f"{a.dataset} sample archive written: {out}")
     return 0
 

@@ -1,8 +1,8 @@
 """Score a query feature set against an archive: blocked top-K, then metrics per query block.
 
 Only one query block of rankings exists at a time; the per-query metric values are summed as
-blocks finish. K (``max_topk``) defaults to the published 420 (DLRSD) / 1000 (BEN, or dataset
-unknown), clipped to the archive size; an explicit K larger than the archive is an error.
+blocks finish. K (``max_topk``) defaults to the archive's published K (archives/registry.py:
+420 DLRSD, 1000 BEN; 1000 when the dataset is unknown), clipped to the archive size; an explicit K larger than the archive is an error.
 """
 from __future__ import annotations
 
@@ -17,15 +17,21 @@ from evaluation.label_metrics import per_item_metrics
 from evaluation.search import exclude_self as _exclude_self
 from evaluation.search import search_blocks
 
-DEFAULT_TOPK = {"DLRSD": 420, "BEN": 1000}
-HEADLINE = {"DLRSD": "NDCG@20", "BEN": "NDCG@30"}
+UNKNOWN_TOPK = 1000  # K when the dataset is not known
+
+
+def _archive(dataset: str | None):
+    """The registered description of ``dataset``, or None (feature files of an unknown set)."""
+    from archives import registry
+    return registry.ARCHIVES.get(dataset) if dataset else None
 
 
 def resolve_topk(max_topk: int | None, archive: FeatureSet, dataset: str | None) -> int:
     """The K to rank: the given one (error if above the archive size) or the published default."""
     n = len(archive)
     if max_topk is None:
-        return min(DEFAULT_TOPK.get(dataset, 1000), n)
+        info = _archive(dataset)
+        return min(info.default_topk if info else UNKNOWN_TOPK, n)
     if max_topk < 1:
         raise ValueError(f"--max-topk must be >= 1, got {max_topk}")
     if max_topk > n:
@@ -101,8 +107,9 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
         "metrics": {name: total / n for name, total in sums.items()},
         "index": index, "exclude_self": exclude_self, **info,
     }
-    if dataset in HEADLINE and HEADLINE[dataset] in result["metrics"]:
-        result["headline"] = {HEADLINE[dataset]: result["metrics"][HEADLINE[dataset]]}
+    info = _archive(dataset)
+    if info and info.headline_metric in result["metrics"]:
+        result["headline"] = {info.headline_metric: result["metrics"][info.headline_metric]}
     if keep:
         result["topk_index"] = np.concatenate(kept)[:keep] if kept else np.empty((0, k), np.int64)
     return result

@@ -1,8 +1,9 @@
 """Pictures of retrieval results: a query and its top-k images, captioned with labels.
 
-Images come from the TFRecords through ``archives.<dataset>.parse_records``: DLRSD as is
-(0-255 RGB), BEN as an RGB composite of B04/B03/B02 (channels 0, 1, 2 of ``image``),
-contrast-stretched between the 2nd and 98th percentile of each picture.
+Images come from the TFRecords through the archive module's ``parse_records``; the archive's
+description (archives/registry.py) names the channels shown as RGB and the display range:
+DLRSD as is (0-255 RGB), BEN as an RGB composite of B04/B03/B02, contrast-stretched between the
+2nd and 98th percentile of each picture.
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import numpy as np
 
 def to_rgb(image: np.ndarray, dataset: str) -> np.ndarray:
     """A displayable (H, W, 3) float image in [0, 1] from a parsed ``image``."""
-    image = np.asarray(image, np.float32)
-    if dataset == "DLRSD":
-        return np.clip(image[..., :3] / 255.0, 0.0, 1.0)
-    rgb = image[..., :3]
+    from archives import registry
+    info = registry.get(dataset)
+    rgb = np.asarray(image, np.float32)[..., list(info.rgb_channels)]
+    if info.rgb_max:
+        return np.clip(rgb / info.rgb_max, 0.0, 1.0)
     lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
     return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
 
@@ -85,8 +87,8 @@ def plot_query(out_path, query_image, query_labels, images, labels, class_names,
 def plot_results(out_dir, dataset: str, query_records, archive_records, topk_index: np.ndarray,
                  query_labels, archive_labels, query_names=None, per_query: int = 10) -> list[Path]:
     """One PNG per row of ``topk_index`` (query i = record i); returns the written paths."""
-    from archives import get_archive
-    class_names = get_archive(dataset).CLASS_NAMES
+    from archives import registry
+    class_names = registry.get(dataset).class_names
     top = np.asarray(topk_index)[:, :per_query]
     q_imgs = load_images(query_records, dataset, range(top.shape[0]))
     a_imgs = load_images(archive_records, dataset, np.unique(top))

@@ -2,9 +2,9 @@
 
 The scene class comes from the patch name: a DLRSD / UC Merced stem is ``<scene><NN>``
 (e.g. ``denseresidential07``), so the class is the name without its trailing digits. Labels
-become one-hot (N, 21) in ``archives.dlrsd.SCENE_CLASSES`` order; with them the ranking metrics
-of evaluation/metrics.py give MiLaN's numbers: mAP@20 with AP's denominator = relevant items
-within the top 20. Every test image queries the rest of the test set, itself excluded.
+become one-hot (N, 21) in DLRSD's ``scene_classes`` order (archives/registry.py); with them the
+ranking metrics of evaluation/metrics.py give MiLaN's numbers: mAP@20 with AP's denominator =
+relevant items within the top 20. Every test image queries the rest of the test set, itself excluded.
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import re
 
 import numpy as np
 
-from archives.dlrsd import SCENE_CLASSES
+from archives.registry import DLRSD
 from evaluation.features import FeatureFileError, FeatureSet
 
+SCENE_CLASSES = list(DLRSD.scene_classes)
 _STEM = re.compile(r"^([a-z_ ]+?)_?\d+$")
 
 

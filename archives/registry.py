@@ -1,0 +1,133 @@
+"""One light description per archive: the facts config, pipeline, models, evaluation, plots,
+retrieval, demo and the sample writer read. Imports nothing heavy (no TensorFlow, no rasterio),
+so ``config.py`` and ``retrieval.py`` can use it at start-up.
+
+Adding an archive = one :class:`ArchiveInfo` entry (``register`` it, or add it to ``ARCHIVES``)
+plus its module (``info.module``: ``parse_records``, ``prepare``) and its tests. Rules read
+fields (``has_pixel_maps``, ``scene_classes``), never the archive's name.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from bigearthnet_common import constants as _ben_constants  # plain lists; no TF, no GDAL
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    """What training, evaluation and the tools need to know about one archive."""
+
+    name: str                          # the config's "dataset" value
+    module: str                        # parses its records (parse_records) and prepares raw data
+    class_names: tuple[str, ...]       # class-id order of labels and maps
+    image_shape: tuple[int, int, int]  # as parsed from the records (H, W, C)
+    model_input_shape: tuple[int, int, int]
+    channel_names: tuple[str, ...]     # the C channels of ``image``
+    model_mean: tuple[float, ...]      # per channel, subtracted before the model
+    model_std: tuple[float, ...]
+    noise_levels: tuple[int, ...]      # noise_prcnt values prep offers (besides 0)
+    has_pixel_maps: bool               # seg_map / noisy_seg_map in the records (PCE, RRL)
+    shuffle_buffer: int
+    default_topk: int                  # retrieval K when none is given
+    headline_metric: str               # the metric the published tables report
+    rgb_channels: tuple[int, int, int]  # channels of ``image`` shown as R, G, B
+    rgb_max: float | None = None       # fixed display range 0..rgb_max; None: 2-98% stretch
+    train_crop: int | None = None      # random crop (training) / centre crop (evaluation)
+    scene_classes: tuple[str, ...] = ()  # scene class = patch name without trailing digits
+    sample_module: str | None = None   # writes a synthetic sample archive (write_sample_archive)
+    demo_configs: tuple[str, ...] = ()  # `make demo DATASET=<name>`: configs trained in turn
+    demo_sample_args: tuple[str, ...] = ()  # extra archives.sample options for the demo
+    # prep command of the demo; "{raw}" / "{out}" stand for the sample and output folders
+    demo_prep: tuple[str, ...] = ()
+
+    @property
+    def nb_class(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def out_size(self) -> int:
+        """Size of the RRL target: the upper triangle of a C x C matrix, diagonal included."""
+        return self.nb_class * (self.nb_class + 1) // 2
+
+    def load(self):
+        """The archive's module (imported on first use; it may import TensorFlow)."""
+        return importlib.import_module(self.module)
+
+
+ARCHIVES: dict[str, ArchiveInfo] = {}
+
+
+def register(info: ArchiveInfo) -> ArchiveInfo:
+    """Add (or replace) an archive description; returns it."""
+    ARCHIVES[info.name] = info
+    return info
+
+
+def names() -> tuple[str, ...]:
+    return tuple(ARCHIVES)
+
+
+def get(name: str) -> ArchiveInfo:
+    """The description of ``name``; ValueError naming the known archives otherwise."""
+    try:
+        return ARCHIVES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown dataset {name!r}; expected one of "
+                         f"{', '.join(ARCHIVES)}") from None
+
+
+# ---------------------------------------------------------------- DLRSD (UC Merced + DLRSD maps)
+
+DLRSD = register(ArchiveInfo(
+    name="DLRSD", module="archives.dlrsd",
+    class_names=("airplane", "bare soil", "buildings", "cars", "chaparral", "court", "dock",
+                 "field", "grass", "mobile home", "pavement", "sand", "sea", "ship", "tanks",
+                 "trees", "water"),
+    image_shape=(256, 256, 3), model_input_shape=(224, 224, 3), train_crop=224,
+    channel_names=("R", "G", "B"),
+    model_mean=(76.54768, 76.80208, 73.49884), model_std=(72.219376, 70.419426, 63.12712),
+    noise_levels=tuple(range(10, 100, 10)), has_pixel_maps=True, shuffle_buffer=1680,
+    default_topk=420, headline_metric="NDCG@20", rgb_channels=(0, 1, 2), rgb_max=255.0,
+    scene_classes=("agricultural", "airplane", "baseballdiamond", "beach", "buildings",
+                   "chaparral", "denseresidential", "forest", "freeway", "golfcourse", "harbor",
+                   "intersection", "mediumresidential", "mobilehomepark", "overpass",
+                   "parkinglot", "river", "runway", "sparseresidential", "storagetanks",
+                   "tenniscourt"),
+    sample_module="archives.sample",
+    demo_configs=("configs/demo_grid_bce.json", "configs/demo_bce.json"),
+    demo_prep=("prep_DLRSD_noisy.py", "-r_dlrsd", "{raw}/DLRSD", "-r_ucm",
+               "{raw}/UCMerced_LandUse", "-o", "{out}"),
+))
+
+# ---------------------------------------------------------------- BigEarthNet-S2 v1.0
+
+BEN_BAND_STATS = {  # per-band mean / std of raw reflectance (SPEC section 1)
+    "mean": {"B01": 340.76769064, "B02": 429.9430203, "B03": 614.21682446,
+             "B04": 590.23569706, "B05": 950.68368468, "B06": 1792.46290469,
+             "B07": 2075.46795189, "B08": 2218.94553375, "B8A": 2266.46036911,
+             "B09": 2246.0605464, "B11": 1594.42694882, "B12": 1009.32729131},
+    "std": {"B01": 554.81258967, "B02": 572.41639287, "B03": 582.87945694,
+            "B04": 675.88746967, "B05": 729.89827633, "B06": 1096.01480586,
+            "B07": 1273.45393088, "B08": 1365.45589904, "B8A": 1356.13789355,
+            "B09": 1302.3292881, "B11": 1079.19066363, "B12": 818.86747235},
+}
+# 10 m bands first, then the 20 m bands resized to 120 x 120
+BEN_MODEL_BANDS = ("B04", "B03", "B02", "B08", "B05", "B06", "B07", "B8A", "B11", "B12")
+
+BEN = register(ArchiveInfo(
+    name="BEN", module="archives.ben",
+    class_names=tuple(_ben_constants.NEW_LABELS_ORIGINAL_ORDER),
+    image_shape=(120, 120, len(BEN_MODEL_BANDS)),
+    model_input_shape=(120, 120, len(BEN_MODEL_BANDS)),
+    channel_names=BEN_MODEL_BANDS,
+    model_mean=tuple(BEN_BAND_STATS["mean"][b] for b in BEN_MODEL_BANDS),
+    model_std=tuple(BEN_BAND_STATS["std"][b] for b in BEN_MODEL_BANDS),
+    noise_levels=(10, 20, 30, 40, 50, 60), has_pixel_maps=False, shuffle_buffer=10000,
+    default_topk=1000, headline_metric="NDCG@30", rgb_channels=(0, 1, 2),
+    sample_module="archives.sample_ben",
+    demo_configs=("configs/demo_ben_grid_bce.json", "configs/demo_ben_bce.json"),
+    demo_sample_args=("--patches", "200"),  # a test split of >= 30 patches (NDCG@30)
+    demo_prep=("prep_BEN_noisy.py", "-r", "{raw}", "-o", "{out}", "-train", "{raw}/train.csv",
+               "-val", "{raw}/val.csv", "-test", "{raw}/test.csv"),
+))
