@@ -31,6 +31,11 @@ CONFIG_KEYS = ("run_name", "dataset", "feature_model_path", "train_tfrecord_path
                "test_tfrecord_paths", "dumps")
 
 
+def _dataset_names() -> tuple[str, ...]:
+    from archives import registry
+    return registry.names()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("configs", nargs="*", help="dumped run configs (dumps/configs/<run>.json)")
@@ -44,9 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="multilabel: shared labels (default); scene: same UC Merced scene class, "
                         "every archive item queries the rest of the archive (MiLaN)")
     p.add_argument("--max-topk", type=int, default=None,
-                   help="K retrieved per query (default 420 DLRSD, 1000 BEN/unknown, "
-                        "clipped to the archive size; a larger explicit K is an error)")
-    p.add_argument("--dataset", choices=("DLRSD", "BEN"), help="dataset of feature files "
+                   help="K retrieved per query (default: the archive's, 420 DLRSD, 1000 BEN; "
+                        "1000 unknown; clipped to the archive size; a larger explicit K is "
+                        "an error)")
+    p.add_argument("--dataset", choices=_dataset_names(), help="dataset of feature files "
                    "(default K, headline metric, class names for --plot)")
     p.add_argument("--json", help="write the results here (config mode: also "
                    "<dumps.features>/<run>/retrieval.json)")
@@ -126,17 +132,24 @@ def run_config(path: str, args) -> tuple[str, dict]:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
     try:
-        cfg = json.loads(cfg_path.read_text())
+        data = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(cfg, dict):
+    if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object (a dumped run config), "
-                         f"got {type(cfg).__name__}")
-    missing = [k for k in CONFIG_KEYS if k not in cfg]
-    if "dumps" in cfg and "features" not in (cfg["dumps"] or {}):
+                         f"got {type(data).__name__}")
+    missing = [k for k in CONFIG_KEYS if k not in data]
+    if "dumps" in data and "features" not in (data["dumps"] or {}):
         missing.append("dumps.features")
     if missing:
         raise ValueError(f"{path}: config lacks key(s) {missing}")
+    from config import Config
+    run = Config.from_json(cfg_path)  # ConfigError (a ValueError) names the file and key
+    # where training put its outputs, as the dump records them
+    cfg = {"run_name": data["run_name"], "feature_model_path": data["feature_model_path"],
+           "dataset": run.dataset, "model_name": run.model_name,
+           "train_tfrecord_paths": list(run.train_tfrecord_paths),
+           "test_tfrecord_paths": list(run.test_tfrecord_paths), "dumps": dict(run.dumps)}
     absent = [p for p in [cfg["feature_model_path"], *cfg["train_tfrecord_paths"],
                           *cfg["test_tfrecord_paths"]] if not Path(p).is_file()]
     if absent:

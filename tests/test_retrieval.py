@@ -112,7 +112,7 @@ def test_config_mode_extract_reuse_plot(tmp_path, capsys):
     pytest.importorskip("archives.pipeline")
     train = _dlrsd_records(tmp_path / "train.tfrecord", 6, 1)
     test = _dlrsd_records(tmp_path / "test.tfrecord", 12, 2)
-    cfg = {"run_name": "tiny-run", "dataset": "DLRSD", "nb_class": 17,
+    cfg = {"run_name": "tiny-run", "model_name": "BCE", "dataset": "DLRSD", "nb_class": 17,
            "feature_model_path": _feature_model(tmp_path / "feature_model.keras"),
            "train_tfrecord_paths": [train], "test_tfrecord_paths": [test],
            "dumps": {"features": str(tmp_path / "features")}}
@@ -144,9 +144,10 @@ def test_config_mode_extract_reuse_plot(tmp_path, capsys):
 
 def test_config_mode_bad_config(tmp_path, capsys):
     cfg_path = tmp_path / "c.json"
-    cfg_path.write_text(json.dumps({"run_name": "x", "dataset": "DLRSD",
+    cfg_path.write_text(json.dumps({"run_name": "x", "model_name": "BCE", "dataset": "DLRSD",
                                     "feature_model_path": str(tmp_path / "nomodel.keras"),
-                                    "train_tfrecord_paths": [], "test_tfrecord_paths": [],
+                                    "train_tfrecord_paths": [str(tmp_path / "no.tfrecord")],
+                                    "test_tfrecord_paths": [],
                                     "dumps": {"features": str(tmp_path)}}))
     assert retrieval.main([str(cfg_path)]) == 2
     assert "c.json: model or record file(s) missing" in capsys.readouterr().err

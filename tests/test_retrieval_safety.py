@@ -78,7 +78,8 @@ def test_h5_without_patch_name_is_accepted_with_a_warning(tmp_path, capsys):
 
 
 def _config(tmp_path, model, train, test):
-    cfg = {"run_name": "r", "dataset": "DLRSD", "feature_model_path": str(model),
+    cfg = {"run_name": "r", "model_name": "BCE", "dataset": "DLRSD",
+           "feature_model_path": str(model),
            "train_tfrecord_paths": [str(train)], "test_tfrecord_paths": [str(test)],
            "dumps": {"features": str(tmp_path / "features")}}
     path = tmp_path / "r.json"
