@@ -244,9 +244,16 @@ class Config:
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}: not valid JSON ({err})") from None
         try:
-            return cls.from_dict(data)
+            cfg = cls.from_dict(data)
         except ConfigError as err:  # every problem, each naming the file and its key
             raise ConfigError([f"{path}: {p}" for p in err.problems]) from None
+        object.__setattr__(cfg, "_source", str(path))  # not a key: error messages name the file
+        return cfg
+
+    @property
+    def source(self) -> str | None:
+        """The JSON file this config was read from (None when built otherwise)."""
+        return getattr(self, "_source", None)
 
     def replace(self, **changes) -> "Config":
         """A validated copy with some keys changed."""

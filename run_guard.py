@@ -1,7 +1,8 @@
 """Checks around a training run that keep finished work safe (used by training.py).
 
 - :func:`check_inputs`: every training/validation file exists, is a file, and holds records of
-  the config's archive, before anything of an earlier run is touched;
+  the config's archive (and the prep metadata beside them agrees with the config), before
+  anything of an earlier run is touched;
 - :func:`clear_for_fresh_start`: refuse to start over an existing run unless asked to
   (``--overwrite``), then remove its outputs;
 - :func:`restore_newest_readable`: restore the newest checkpoint that reads back, saying which;
@@ -73,6 +74,20 @@ def check_inputs(cfg: Config) -> None:
             raise RunError(f"{err}{hint if 'not found' in str(err) else ''}") from None
     for path in cfg.val_tfrecord_paths:
         check_record_file("val_tfrecord_paths", path, cfg.dataset)
+    check_records_meta(cfg)
+
+
+def check_records_meta(cfg: Config) -> None:
+    """RunError when the prep metadata beside the records (records_meta.json) disagrees with
+    the config's dataset or classes; records without it pass."""
+    from archives.records_meta import RecordsMetaError, check_against
+
+    config = f"the config {cfg.source}" if cfg.source else "the config"
+    paths = [*cfg.noisy_train_paths, *cfg.val_tfrecord_paths, *cfg.test_tfrecord_paths]
+    try:
+        check_against(paths, cfg.dataset, cfg.archive.class_names, config)
+    except RecordsMetaError as err:
+        raise RunError(str(err)) from None
 
 
 def check_output_folder(key: str, folder: Path) -> None:

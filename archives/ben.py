@@ -454,6 +454,7 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
 
     from archives.common import atomic_tfrecord_writer, check_writable, skip_or_raise
     from archives.noise import check_levels
+    from archives.records_meta import write_meta
     from archives.report import PrepReport
 
     start = time.time()
@@ -549,4 +550,5 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
         patches_without_19_class_label=no_target)
     report.time_s = round(time.time() - start, 3)
     report.save(tf_dir / REPORT_NAME)
+    write_meta(tf_dir, INFO, report)
     return report

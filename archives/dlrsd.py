@@ -394,6 +394,7 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
     from tqdm import tqdm
 
     from archives.noise import check_levels, inject_map_noise
+    from archives.records_meta import write_meta
     from archives.report import PrepReport
 
     t0 = time.time()
@@ -467,4 +468,5 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
     report.extra.update(resized_files=int(resized), label_map_disagreements=int(disagree))
     report.time_s = time.time() - t0
     report.save(out_dir / "prep_report.json")
+    write_meta(out_dir, INFO, report)
     return report
