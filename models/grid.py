@@ -13,6 +13,7 @@ from losses.selection import select_noisy, selection_counts
 from losses.vae import kl_per_sample, recon_per_sample
 from models import bce, pce, rrl
 from models.backbones import build_backbone
+from models.config import ModelConfig
 
 VARIANTS = {"BCE": bce, "PCE": pce, "RRL": rrl}
 LOSS_KEYS = ("dis_loss", "gen_loss", "recon_loss", "kl_loss", "hybrid_loss", "loss")
@@ -44,13 +45,15 @@ class GridModel:
     """
 
     def __init__(self, cfg):
+        """``cfg``: a :class:`models.config.ModelConfig`, or a run Config (its model part is
+        taken)."""
+        cfg = ModelConfig.from_config(cfg)
         self.cfg = cfg
         self.variant_name, self.is_grid = _variant_name(cfg.model_name)
         self.variant = VARIANTS[self.variant_name]
         self.pooled = self.variant.POOLED
-        self.seed = int(getattr(cfg, "seed", 0) or 0)
-        self.backbone = build_backbone(cfg.backbone, tuple(cfg.input_shape),
-                                       getattr(cfg, "weights", None))
+        self.seed = cfg.seed
+        self.backbone = build_backbone(cfg.backbone, tuple(cfg.input_shape), cfg.weights)
         fmap_shape = tuple(self.backbone.output.shape[1:])
         self.feature_dim = int(fmap_shape[-1])
         self.pool = layers.GlobalAveragePooling2D(name="feature")

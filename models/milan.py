@@ -14,6 +14,7 @@ from keras import layers
 
 from losses.hashing import in_batch_triplets, milan_losses
 from models.backbones import build_backbone
+from models.config import ModelConfig
 
 LOSS_KEYS = ("triplet_loss", "push_loss", "balance_loss", "loss")
 
@@ -45,6 +46,7 @@ class MilanModel:
     """
 
     def __init__(self, cfg):
+        cfg = ModelConfig.from_config(cfg)  # a run Config works too: its model part is taken
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone, tuple(cfg.input_shape), cfg.weights)
         self.feature_dim = int(self.backbone.output.shape[-1])
