@@ -34,6 +34,7 @@ import numpy as np
 from bigearthnet_common import constants as ben_constants
 
 from archives import registry
+from archives.report import PrepError
 
 INFO = registry.BEN  # the archive's facts live in its light description
 NAME = INFO.name
@@ -65,7 +66,7 @@ COMPACT_SUFFIX = "_uint16"
 SCHEMAS = ("compact", "published")
 
 
-class InvalidPatch(ValueError):
+class InvalidPatch(PrepError):
     """A raw patch that cannot be used; the message names the file and what is wrong."""
 
 

@@ -43,6 +43,7 @@ from PIL import Image
 from archives import registry
 from archives.common import (atomic_tfrecord_writer, bytes_feature, check_writable, example_keys,
                              float_feature, records_dataset, skip_or_raise)
+from archives.report import PrepError
 
 INFO = registry.DLRSD  # the archive's facts live in its light description
 NAME = INFO.name
@@ -73,7 +74,7 @@ IMAGE_EXTS = (".tif", ".tiff")
 MAP_EXTS = (".png",)
 
 
-class InvalidInput(ValueError):
+class InvalidInput(PrepError):
     """Bad raw input; ``item`` names the file or folder at fault (skippable with --skip-invalid)."""
 
     def __init__(self, item: str | os.PathLike, reason: str):
@@ -382,15 +383,26 @@ def _load(it: Item, label_table: dict | None, ml_path):
     return image, seg, label, miss, r1, r2
 
 
+def _try_load(it: Item, label_table: dict | None, ml_path):
+    """``_load``'s result and None, or None and the InvalidInput it raised (for a thread pool)."""
+    try:
+        return _load(it, label_table, ml_path), None
+    except InvalidInput as e:
+        return None, e
+
+
 def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = NOISE_LEVELS,
             seed: int = 42, schema: str = "compact", multi_labels=None, skip_invalid: bool = False,
-            progress: bool = True):
+            progress: bool = True, workers: int = 1):
     """Write ``<out>/TFRecord/{train,val,test}.tfrecord`` and ``train_noise_prcnt<N>.tfrecord``.
 
     ``multi_labels``: path to the multi-label file; None looks for ``multi-labels.xlsx`` in the
-    DLRSD root and otherwise takes the classes present in each pixel map. Returns the PrepReport
-    (also saved as ``<out>/TFRecord/prep_report.json``).
+    DLRSD root and otherwise takes the classes present in each pixel map. ``workers``: threads
+    decoding the images and maps (the records are the same for any number). Returns the
+    PrepReport (also saved as ``<out>/TFRecord/prep_report.json``).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     from archives.noise import check_levels, inject_map_noise
@@ -398,6 +410,8 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
     from archives.report import PrepReport
 
     t0 = time.time()
+    if workers < 1:
+        raise PrepError(f"--workers: must be >= 1, got {workers}")
     levels = check_levels(noise_levels)
     _check_schema(schema)
     out_dir = Path(out_folder) / "TFRecord"
@@ -424,16 +438,19 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
     with contextlib.ExitStack() as stack:
         writers = {k: stack.enter_context(atomic_tfrecord_writer(p)) for k, p in names.items()}
         bar = stack.enter_context(tqdm(total=len(items), desc="DLRSD", unit="img", disable=not progress))
+        pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
         # scan_archive lists items grouped by scene folder, in sorted order
         for scene, scene_items in itertools.groupby(items, key=lambda i: i.scene):
             train = []  # (stem, image, seg, label, clean bytes)
-            for it in scene_items:
+            scene_items = list(scene_items)
+            args = (scene_items, itertools.repeat(label_table), itertools.repeat(ml_path))
+            loads = pool.map(_try_load, *args) if pool else map(_try_load, *args)
+            for it, (loaded, e) in zip(scene_items, loads):  # in item order, whatever the pool
                 bar.update(1)
-                try:
-                    image, seg, label, miss, r1, r2 = _load(it, label_table, ml_path)
-                except InvalidInput as e:
+                if e is not None:
                     skip_or_raise(e, skip_invalid, skipped, e.item, e.reason)
                     continue
+                image, seg, label, miss, r1, r2 = loaded
                 resized += r1 + r2
                 if miss:
                     misses[str(it.map_path)] = miss

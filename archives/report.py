@@ -8,6 +8,11 @@ from pathlib import Path
 from atomic_files import write_json_atomic
 
 
+class PrepError(ValueError):
+    """Bad raw input or prep options; the message starts with the file (or flag) at fault.
+    The one error type of the prep scripts (archives/prep_cli.py)."""
+
+
 @dataclass
 class PrepReport:
     dataset: str

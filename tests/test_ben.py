@@ -317,7 +317,7 @@ def test_sample_archive_through_prep_cli(raw, tmp_path, capsys):
     assert prep_BEN_noisy.main(argv) == 0
     assert "noise 60%" in capsys.readouterr().out
     files = sorted(p.name for p in (out / "TFRecord").iterdir())
-    assert files == ["prep_report.json", "test.tfrecord", "train.tfrecord",
+    assert files == ["prep_report.json", "records_meta.json", "test.tfrecord", "train.tfrecord",
                      "train_noise_prcnt20.tfrecord", "train_noise_prcnt60.tfrecord", "val.tfrecord"]
     report = json.loads((out / "TFRecord" / "prep_report.json").read_text())
     n_train = len((raw / "train.csv").read_text().split())

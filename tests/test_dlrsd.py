@@ -210,7 +210,7 @@ def test_parse_records_rejects_missing_file_and_foreign_keys(tmp_path):
 def test_prep_counts_splits_and_report(prepped):
     out, report = prepped
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["prep_report.json", "test.tfrecord", "train.tfrecord",
+    assert names == ["prep_report.json", "records_meta.json", "test.tfrecord", "train.tfrecord",
                      "train_noise_prcnt30.tfrecord", "train_noise_prcnt70.tfrecord", "val.tfrecord"]
     per = {s: _read_all(out / f"{s}.tfrecord") for s in dlrsd.SPLITS}
     assert {s: len(v) for s, v in per.items()} == {"train": 21, "val": 3, "test": 6}
