@@ -59,11 +59,12 @@ def _finish(ex: dict, spatial: list, map_keys, mean, std) -> dict:
 def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: int = 0,
                  epoch: int = 0, shuffle_buffer: int | None = None,
                  drop_remainder: bool = False) -> tf.data.Dataset:
-    """Batched dicts ready for the model (docs/interfaces.md, "Input pipeline")."""
+    """Batched dicts ready for the model (docs/interfaces.md, "Input pipeline"). ``dataset``: a
+    registered name or an ``archives.registry.ArchiveInfo`` (e.g. one band set's)."""
     info = registry.get(dataset)
     map_keys = _MAP_KEYS if info.has_pixel_maps else ()
     # small element dtypes (uint8/uint16 images, int8 maps) keep the shuffle buffer small
-    ds = info.load().parse_records(paths, compact_dtypes=True)
+    ds = info.load().parse_records(paths, compact_dtypes=True, **dict(info.parse_kwargs))
     mean = tf.constant(info.model_mean, tf.float32)
     std = tf.constant(info.model_std, tf.float32)
     h, w = info.image_shape[:2]

@@ -4,14 +4,29 @@ so ``config.py`` and ``retrieval.py`` can use it at start-up.
 
 Adding an archive = one :class:`ArchiveInfo` entry (``register`` it, or add it to ``ARCHIVES``)
 plus its module (``info.module``: ``parse_records``, ``prepare``) and its tests. Rules read
-fields (``has_pixel_maps``, ``scene_classes``), never the archive's name.
+fields (``has_pixel_maps``, ``scene_classes``), never the archive's name. An archive with several
+input channel sets (BigEarthNet v2: S2, S1, S1+S2) lists them as :class:`BandSet` entries;
+``info.with_bands(name)`` is the description for one of them, and the pipeline, plots and
+evaluation accept such a description wherever they take a dataset name.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 
 from bigearthnet_common import constants as _ben_constants  # plain lists; no TF, no GDAL
+
+
+@dataclass(frozen=True)
+class BandSet:
+    """An alternative set of input channels of an archive (e.g. S1, S2 or both)."""
+
+    name: str
+    channel_names: tuple[str, ...]
+    model_mean: tuple[float, ...]
+    model_std: tuple[float, ...]
+    parse_kwargs: tuple[tuple[str, object], ...] = ()  # extra arguments of parse_records
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,10 @@ class ArchiveInfo:
     demo_sample_args: tuple[str, ...] = ()  # extra archives.sample options for the demo
     # prep command of the demo; "{raw}" / "{out}" stand for the sample and output folders
     demo_prep: tuple[str, ...] = ()
+    # extra keyword arguments of the module's parse_records, as (name, value) pairs
+    parse_kwargs: tuple[tuple[str, object], ...] = ()
+    band_sets: tuple[BandSet, ...] = ()  # alternatives to the channels above (with_bands)
+    band_set: str = "default"          # which one this description holds
 
     @property
     def nb_class(self) -> int:
@@ -53,6 +72,24 @@ class ArchiveInfo:
     def load(self):
         """The archive's module (imported on first use; it may import TensorFlow)."""
         return importlib.import_module(self.module)
+
+    def with_bands(self, name: str) -> "ArchiveInfo":
+        """This description for band set ``name`` ("default": itself): channels, statistics,
+        shapes and parse arguments of that set; ValueError naming the offered sets."""
+        if name == self.band_set:
+            return self
+        for bs in self.band_sets:
+            if bs.name == name:
+                c = len(bs.channel_names)
+                return dataclasses.replace(
+                    self, band_set=bs.name, channel_names=bs.channel_names,
+                    model_mean=bs.model_mean, model_std=bs.model_std,
+                    image_shape=self.image_shape[:2] + (c,),
+                    model_input_shape=self.model_input_shape[:2] + (c,),
+                    parse_kwargs=self.parse_kwargs + bs.parse_kwargs)
+        offered = [self.band_set] + [bs.name for bs in self.band_sets]
+        raise ValueError(f"bands: {name!r} is not a band set of {self.name} "
+                         f"(offered: {', '.join(offered)})")
 
 
 ARCHIVES: dict[str, ArchiveInfo] = {}
@@ -68,8 +105,11 @@ def names() -> tuple[str, ...]:
     return tuple(ARCHIVES)
 
 
-def get(name: str) -> ArchiveInfo:
-    """The description of ``name``; ValueError naming the known archives otherwise."""
+def get(name: "str | ArchiveInfo") -> ArchiveInfo:
+    """The description of ``name`` (a description is returned as is, e.g. one for another band
+    set); ValueError naming the known archives otherwise."""
+    if isinstance(name, ArchiveInfo):
+        return name
     try:
         return ARCHIVES[name]
     except (KeyError, TypeError):

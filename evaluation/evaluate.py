@@ -20,9 +20,12 @@ from evaluation.search import search_blocks
 UNKNOWN_TOPK = 1000  # K when the dataset is not known
 
 
-def _archive(dataset: str | None):
-    """The registered description of ``dataset``, or None (feature files of an unknown set)."""
+def _archive(dataset):
+    """The description of ``dataset`` (a registered name or an ArchiveInfo), or None (feature
+    files of an unknown set)."""
     from archives import registry
+    if isinstance(dataset, registry.ArchiveInfo):
+        return dataset
     return registry.ARCHIVES.get(dataset) if dataset else None
 
 

@@ -27,14 +27,16 @@ def to_rgb(image: np.ndarray, dataset: str) -> np.ndarray:
 
 def load_images(record_paths: Sequence[str], dataset: str, indices) -> dict[int, np.ndarray]:
     """{record index: RGB image} for the wanted indices (records read in file order, once)."""
-    from archives import get_archive
+    from archives import registry
+    info = registry.get(dataset)
     wanted = set(int(i) for i in indices)
     out: dict[int, np.ndarray] = {}
     if not wanted:
         return out
     last = max(wanted)
     count = 0
-    for i, ex in enumerate(get_archive(dataset).parse_records(list(record_paths))):
+    for i, ex in enumerate(info.load().parse_records(list(record_paths),
+                                                     **dict(info.parse_kwargs))):
         count = i + 1
         if i in wanted:
             out[i] = to_rgb(ex["image"].numpy(), dataset)

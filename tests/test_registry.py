@@ -18,7 +18,8 @@ TOY = registry.ArchiveInfo(
     image_shape=(6, 6, 2), model_input_shape=(4, 4, 2), train_crop=4,
     channel_names=("x", "y"), model_mean=(1.0, 2.0), model_std=(2.0, 4.0),
     noise_levels=(25, 50), has_pixel_maps=False, shuffle_buffer=3, default_topk=7,
-    headline_metric="NDCG@7", rgb_channels=(1, 1, 0), rgb_max=10.0)
+    headline_metric="NDCG@7", rgb_channels=(1, 1, 0), rgb_max=10.0,
+    band_sets=(registry.BandSet("x", ("x",), (3.0,), (0.5,), (("bands", "x"),)),))
 
 
 @pytest.fixture
@@ -26,8 +27,9 @@ def toy(monkeypatch):
     """TOY registered, with a module whose parse_records yields 5 tiny examples."""
     import tensorflow as tf
 
-    def parse_records(paths, compact_dtypes=False):
+    def parse_records(paths, compact_dtypes=False, bands="xy"):
         img = np.arange(5 * 6 * 6 * 2, dtype=np.uint8).reshape(5, 6, 6, 2)
+        img = img[..., :1] if bands == "x" else img
         lab = np.eye(5, 4, dtype=np.float32)
         return tf.data.Dataset.from_tensor_slices(
             {"image": img, "label": lab, "noisy_label": lab,
@@ -172,3 +174,19 @@ def test_retrieval_refuses_a_dump_that_config_rejects(tmp_path, capsys):
     assert retrieval.main([str(path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"{path}: dataset: 'UCM' is not one of DLRSD, BEN" in err
+
+
+def test_a_band_set_is_a_description_the_pipeline_and_config_tools_accept(toy):
+    from archives.pipeline import make_dataset
+
+    x = TOY.with_bands("x")
+    assert (x.band_set, x.channel_names, x.image_shape, x.model_input_shape) == \
+        ("x", ("x",), (6, 6, 1), (4, 4, 1))
+    assert x.class_names == TOY.class_names and TOY.with_bands("default") is TOY
+    assert registry.get(x) is x
+    with pytest.raises(ValueError, match="bands: 's1' is not a band set of TOY "
+                                         r"\(offered: default, x\)"):
+        TOY.with_bands("s1")
+    batch = next(iter(make_dataset(["unused"], x, training=False, batch_size=5)))
+    raw = np.arange(5 * 6 * 6 * 2, dtype=np.uint8).reshape(5, 6, 6, 2)[:, 1:5, 1:5, :1]
+    np.testing.assert_allclose(batch["image"].numpy(), (raw - 3.0) / 0.5)  # parse_records(bands)
