@@ -190,3 +190,27 @@ def test_a_band_set_is_a_description_the_pipeline_and_config_tools_accept(toy):
     batch = next(iter(make_dataset(["unused"], x, training=False, batch_size=5)))
     raw = np.arange(5 * 6 * 6 * 2, dtype=np.uint8).reshape(5, 6, 6, 2)[:, 1:5, 1:5, :1]
     np.testing.assert_allclose(batch["image"].numpy(), (raw - 3.0) / 0.5)  # parse_records(bands)
+
+
+def test_demo_commands_come_from_the_descriptions(tmp_path, monkeypatch):
+    import demo
+
+    ran = []
+    monkeypatch.setattr(demo, "ROOT", tmp_path)  # nothing exists there: every stage runs
+    monkeypatch.setattr(demo, "run", ran.append)
+    demo.prepare("DLRSD")
+    demo.prepare("BEN")
+    raw, out = "dumps/demo/raw/{}", "dumps/demo/data/{}"
+    assert ran == [
+        ["-m", "archives.sample", "--dataset", "DLRSD", "--out", raw.format("DLRSD"), "--seed",
+         "0"],
+        ["prep_DLRSD_noisy.py", "-r_dlrsd", raw.format("DLRSD") + "/DLRSD", "-r_ucm",
+         raw.format("DLRSD") + "/UCMerced_LandUse", "-o", out.format("DLRSD"),
+         "--noise-levels", "50"],
+        ["-m", "archives.sample", "--dataset", "BEN", "--out", raw.format("BEN"), "--seed", "0",
+         "--patches", "200"],
+        ["prep_BEN_noisy.py", "-r", raw.format("BEN"), "-o", out.format("BEN"), "-train",
+         raw.format("BEN") + "/train.csv", "-val", raw.format("BEN") + "/val.csv", "-test",
+         raw.format("BEN") + "/test.csv", "--noise-levels", "50"]]
+    assert demo.CONFIGS == {"DLRSD": list(registry.DLRSD.demo_configs),
+                            "BEN": list(registry.BEN.demo_configs)}
