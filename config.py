@@ -19,6 +19,8 @@ from typing import Any, Mapping
 GRID_MODELS = ("GRID-BCE", "GRID-PCE", "GRID-RRL")
 BASELINE_MODELS = ("BCE", "PCE", "RRL")
 MODEL_NAMES = GRID_MODELS + BASELINE_MODELS
+ROBUST_MODELS = ("SAT", "ELR", "JoCoR")  # label-noise-robust comparisons (models/robust.py)
+MODEL_NAMES = MODEL_NAMES + ROBUST_MODELS
 DATASETS = ("DLRSD", "BEN")
 BACKBONES = ("densenet121", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
              "mobilenet_v2", "small_cnn")
