@@ -8,8 +8,8 @@ Chosen so that a clean model does not saturate retrieval and label noise can cos
   built-up, water, soil, vehicles), so classes of a group share most of their colour;
 - textures: each class texture is half its own and half that of the next class of its group,
   at two thirds of the default amplitude;
-- per image and class, a random colour offset (sd 12 per channel);
-- illumination: a gain in [0.65, 1.35], a per-channel cast in [0.9, 1.1] and a linear shading
+- per image and class, a random colour offset (sd 18 per channel);
+- illumination: a gain in [0.5, 1.5], a per-channel cast in [0.8, 1.2] and a linear shading
   gradient of up to +-30 % across the image, on top of pixel noise of sd 12;
 - regions: irregular blobs (a radius that varies with the angle, rotated) and thin strips,
   10 to 110 pixels across, instead of axis-aligned rectangles and ellipses.
@@ -29,7 +29,7 @@ GROUPS = (
 )
 COLOUR_SHARE = 0.6      # share of a class colour taken from its group's mean colour
 TEXTURE_AMPLITUDE = 12.0
-CLASS_JITTER_SD = 12.0
+CLASS_JITTER_SD = 18.0
 PIXEL_NOISE_SD = 12.0
 assert sorted(n for g in GROUPS for n in g) == sorted(dlrsd.CLASS_NAMES)
 
@@ -103,6 +103,6 @@ def render(seg: np.ndarray, tex: np.ndarray, colours: np.ndarray,
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
     a = rng.uniform(0, 2 * np.pi)
     shading = 1 + rng.uniform(-0.3, 0.3) * (x * np.cos(a) + y * np.sin(a)) * 2
-    gain = rng.uniform(0.65, 1.35) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    gain = rng.uniform(0.5, 1.5) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
     img = img * shading[..., None] * gain
     return np.clip(img, 0, 255).astype(np.uint8)

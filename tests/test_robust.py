@@ -164,3 +164,44 @@ def test_jocor_two_networks_and_selection_metrics(tmp_path):
     second = step(_batch([0, 1, 2, 3]))  # epoch 1: 2 of 4 discarded
     p, r = float(second["sel_precision"]), float(second["sel_recall"])
     assert p in (0.0, 0.5) and r == (1.0 if p == 0.5 else 0.0)
+
+
+# ---- the training loop ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """Tiny TFRecords: train / train_noise_prcnt50 (6 records, 2 steps of 4 per epoch)."""
+    import prep_DLRSD_noisy
+    from archives import sample
+
+    base = tmp_path_factory.mktemp("robust")
+    raw, full, tiny = base / "raw", base / "full", base / "TFRecord"
+    sample.write_sample_archive(raw, seed=0, per_class=5, scenes=["beach", "forest"])
+    prep_DLRSD_noisy.main(["-r_dlrsd", str(raw / "DLRSD"), "-r_ucm", str(raw / "UCMerced_LandUse"),
+                           "-o", str(full), "--noise-levels", "50", "--quiet"])
+    tiny.mkdir()
+    for name in ("train", "train_noise_prcnt50"):
+        with tf.io.TFRecordWriter(str(tiny / f"{name}.tfrecord")) as w:
+            for raw_rec in tf.data.TFRecordDataset(str(full / "TFRecord" / f"{name}.tfrecord")).take(8):
+                w.write(raw_rec.numpy())
+    return tiny
+
+
+@pytest.mark.parametrize("method", ["SAT", "ELR"])
+def test_memory_is_checkpointed_and_resume_is_exact(tmp_path, records, method):
+    import training
+
+    def cfg(out):
+        return _cfg(method, out, nb_epoch=4, noise_prcnt=50, seed=2,
+                    train_tfrecord_paths=str(records / "train.tfrecord"))
+
+    quiet = dict(show_progress=False, log=lambda m: None)
+    full = training.train(cfg(tmp_path / "a"), **quiet)
+    training.train(cfg(tmp_path / "b"), max_epochs=3, **quiet)
+    resumed = training.train(cfg(tmp_path / "b"), resume=True, **quiet)
+    assert full.model.n_train == 6 and full.model.steps_per_epoch == 2  # 3 per scene
+    mem = full.model.memory.numpy()
+    assert np.all(mem.sum(axis=1) > 0)  # SAT: E_s = 1 of 4 epochs; ELR from the first step
+    np.testing.assert_allclose(resumed.model.memory.numpy(), mem, atol=1e-5)
+    for a, b in zip(full.model.trainable_variables, resumed.model.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    assert full.feature_model_path.is_file()
