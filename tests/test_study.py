@@ -145,3 +145,18 @@ def test_summary_mean_and_sd(tmp_path, base_config):
     (res,) = report.summarise(rows, ["x", "y"], s)
     assert res["n_seeds"] == 3 and res["x_mean"] == pytest.approx(0.7)
     assert res["x_sd"] == pytest.approx(0.2) and np.isnan(res["y_mean"])
+
+
+def test_shipped_study_and_demo_configs_are_valid(monkeypatch):
+    from config import Config
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    s = load_study("configs/study_sample_hard.json")
+    assert len(s.cells) == len(s.models) * len(s.noise_levels) * len(s.seeds)
+    assert s.sample_archive == {"variant": "hard", "per_class": 20, "seed": 0}
+    cfg = s.cell_config(s.cells[0])
+    assert cfg.train_tfrecord_paths == (str(s.out / "data" / "TFRecord" / "train.tfrecord"),)
+    for name in ("demo_hard_grid_bce", "demo_hard_bce"):
+        demo = Config.from_json(f"configs/{name}.json")
+        assert demo.suffix == "hard" and "DLRSD-hard" in demo.train_tfrecord_paths[0]
+        assert demo.nb_epoch == s.overrides["nb_epoch"] and demo.backbone == cfg.backbone
