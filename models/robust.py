@@ -15,6 +15,7 @@ import math
 import tensorflow as tf
 
 from losses import robust as R
+from losses.selection import selection_counts
 from losses.task import sigmoid_ce_per_sample
 from models import grid
 
@@ -22,7 +23,8 @@ ROBUST_MODELS = ("SAT", "ELR", "JoCoR")
 
 
 def count_records(paths) -> int:
-    """Number of records in the TFRecord files ``paths`` (read once, at model build)."""
+    """Number of records in the TFRecord files ``paths`` (read once, at model build; for a
+    BigEarthNet-size file this is one pass over its bytes)."""
     return int(sum(1 for _ in tf.data.TFRecordDataset(list(paths))))
 
 
@@ -126,7 +128,6 @@ def make_train_step(model, optimizer, cfg, strategy=None):
         out = {"dis_loss": tf.reduce_mean(bce), "gen_loss": zero, "recon_loss": zero,
                "kl_loss": zero, "hybrid_loss": zero, "loss": loss}
         if keep is not None:
-            from losses.selection import selection_counts
             tp, nsel, ncorr = selection_counts(1.0 - keep, batch["label"], batch["noisy_label"])
             out.update(_tp=tp, _nsel=nsel, _ncorr=ncorr)
         return grid._finish(out)
