@@ -96,7 +96,9 @@ def run_cell(study: Study, index: int, *, show_progress: bool = False, log=_log)
     start = time.perf_counter()
     resume = cfg.checkpoint_dir.is_dir() and any(cfg.checkpoint_dir.iterdir())
     log(f"[{index}] {cell.name}: training {cfg.run_name}" + (" (resuming)" if resume else ""))
-    result = training.train(cfg, resume=resume, show_progress=show_progress, log=log)
+    # resume=True also starts afresh when nothing was checkpointed yet; a plain start would be
+    # refused over the summaries an interruption before the first checkpoint leaves behind
+    result = training.train(cfg, resume=True, show_progress=show_progress, log=log)
     keras.backend.clear_session()
     if not result.completed:
         raise RuntimeError(f"{cell.name}: training stopped before nb_epoch")

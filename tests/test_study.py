@@ -138,6 +138,16 @@ def test_interrupted_cell_resumes_from_checkpoint(tmp_path, base_config, capsys)
     assert row["model"] == "BCE" and json.loads(cfg.config_dump_path.read_text())["nb_epoch"] == 2
 
 
+def test_cell_interrupted_before_its_first_checkpoint_starts_afresh(tmp_path, base_config):
+    path = _study(tmp_path, base_config, models=["BCE"], nb_epoch=1)
+    s = load_study(path)
+    cfg = s.cell_config(s.cells[0])
+    cfg.summaries_dir.mkdir(parents=True)  # what a kill before the first checkpoint leaves
+    (cfg.summaries_dir / "events.out.tfevents.0").write_bytes(b"")
+    assert study_cli.main([str(path), "--cell", "0"]) == 0
+    assert json.loads(s.cell_result_path(s.cells[0]).read_text())["model"] == "BCE"
+
+
 def test_summary_mean_and_sd(tmp_path, base_config):
     s = load_study(_study(tmp_path, base_config, models=["BCE"], seeds=[0, 1, 2]))
     rows = [{"model": "BCE", "noise_prcnt": 50, "seed": i, "x": v, "y": float("nan")}
