@@ -1,5 +1,8 @@
 """`make demo`: sample archive -> TFRecords -> GRID-BCE and BCE on 50% noise -> retrieval table.
 
+DLRSD uses the hard variant of the sample archive (``--variant hard``, 20 per class), the
+setting of README's robustness study.
+
 Every stage runs the project's own command-line scripts, exactly as a user would, and is
 skipped when its output already exists, so a second run only prints the table again.
 """
@@ -18,7 +21,8 @@ from archives import registry  # noqa: E402
 from config import Config  # noqa: E402  (needs ROOT on the path when run from elsewhere)
 
 DEMO = Path("dumps/demo")
-# the configs, sample options and prep command of each archive are in its description
+# the configs, sample folder and options, and prep command of each archive are in its
+# description (archives/registry.py)
 CONFIGS = {a.name: list(a.demo_configs) for a in registry.ARCHIVES.values() if a.demo_configs}
 NOISE = 50
 
@@ -34,8 +38,9 @@ def run(cmd: list[str]) -> None:
 def prepare(dataset: str) -> None:
     """Write the sample archive and its TFRecords unless they already exist."""
     info = registry.get(dataset)
-    raw = DEMO / "raw" / dataset
-    out = DEMO / "data" / dataset
+    folder = info.demo_folder or dataset
+    raw = DEMO / "raw" / folder
+    out = DEMO / "data" / folder
     if not (ROOT / raw).exists():
         run(["-m", "archives.sample", "--dataset", dataset, "--out", str(raw), "--seed", "0",
              *info.demo_sample_args])

@@ -177,7 +177,7 @@ class _Run:
 
     def __init__(self, cfg: Config, strategy, resume: bool, log=_print):
         import models
-        from models.grid import make_eval_step, make_train_step
+        from models import make_eval as make_eval_step, make_step as make_train_step
 
         self.cfg, self.strategy, self.log = cfg, strategy, log
         self.chief, worker = _worker_role(strategy)
@@ -199,7 +199,8 @@ class _Run:
         self.checkpoint = tf.train.Checkpoint(
             optimizer=self.optimizer, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
             training_time_s=self.time_s, pending_report=self.pending,
-            **dict(self.model.keras_models))
+            **dict(self.model.keras_models),
+            **getattr(self.model, "extra_state", {}))  # e.g. SAT/ELR target memory
         self.eval_step = make_eval_step(self.model, cfg)
         ckpt_dir = cfg.checkpoint_dir if self.chief else cfg.checkpoint_dir / f"tmp-{worker}"
         self.ckpt_dir = ckpt_dir

@@ -81,18 +81,21 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
         spatial = _flip(spatial, tf.random.stateless_uniform([], s[3]) < 0.5, axis=0)
         out = _finish(ex, spatial, map_keys, mean, std)
         out["image"] = tf.image.stateless_random_brightness(out["image"], BRIGHTNESS_DELTA, s[4])
+        out["sample_index"] = index  # position in file order: per-sample memory (SAT, ELR)
         return out
 
-    def evaluate(ex):
+    def evaluate(index, ex):
         spatial = [ex["image"]] + [ex[k] for k in map_keys]
         if crop:
             spatial = _crop(spatial, (h - crop) // 2, (w - crop) // 2, crop)
-        return _finish(ex, spatial, map_keys, mean, std)
+        out = _finish(ex, spatial, map_keys, mean, std)
+        out["sample_index"] = index
+        return out
 
     if training:
         buffer = int(shuffle_buffer or info.shuffle_buffer)
         ds = stateless_shuffle(ds.enumerate(), buffer, seed, epoch)
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
-        ds = ds.map(evaluate, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.enumerate().map(evaluate, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -53,6 +53,7 @@ class ArchiveInfo:
     sample_module: str | None = None   # writes a synthetic sample archive (write_sample_archive)
     demo_configs: tuple[str, ...] = ()  # `make demo DATASET=<name>`: configs trained in turn
     demo_sample_args: tuple[str, ...] = ()  # extra archives.sample options for the demo
+    demo_folder: str = ""              # its folder under dumps/demo/{raw,data} (default: name)
     # prep command of the demo; "{raw}" / "{out}" stand for the sample and output folders
     demo_prep: tuple[str, ...] = ()
     # extra keyword arguments of the module's parse_records, as (name, value) pairs
@@ -135,7 +136,9 @@ DLRSD = register(ArchiveInfo(
                    "parkinglot", "river", "runway", "sparseresidential", "storagetanks",
                    "tenniscourt"),
     sample_module="archives.sample",
-    demo_configs=("configs/demo_grid_bce.json", "configs/demo_bce.json"),
+    # the demo runs on the hard sample variant, the setting of README's robustness study
+    demo_configs=("configs/demo_hard_grid_bce.json", "configs/demo_hard_bce.json"),
+    demo_sample_args=("--variant", "hard", "--per-class", "20"), demo_folder="DLRSD-hard",
     demo_prep=("prep_DLRSD_noisy.py", "-r_dlrsd", "{raw}/DLRSD", "-r_ucm",
                "{raw}/UCMerced_LandUse", "-o", "{out}"),
 ))

@@ -111,14 +111,22 @@ def _render(seg: np.ndarray, tex: np.ndarray, rng: np.random.Generator) -> np.nd
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_sample_archive(root, *, seed: int = 0, per_class: int = 10, scenes=None) -> dict:
+VARIANTS = ("default", "hard")
+
+
+def write_sample_archive(root, *, seed: int = 0, per_class: int = 10, scenes=None,
+                         variant: str = "default") -> dict:
     """Write a DLRSD-style sample archive under ``root``; returns its folders and label file.
 
     ``scenes``: subset of the 21 scene folders (default all). Every tenth image of every third
-    scene is stored at a size other than 256x256 to exercise resizing.
+    scene is stored at a size other than 256x256 to exercise resizing. ``variant``: "default"
+    (distinct colours and textures) or "hard" (``archives.sample_hard``: shared colours and
+    textures, varying illumination, irregular regions).
     """
     import openpyxl
 
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: {variant!r} is not one of {', '.join(VARIANTS)}")
     root = Path(root)
     ucm, dl = root / "UCMerced_LandUse" / "Images", root / "DLRSD" / "Images"
     scenes = sorted(scenes) if scenes is not None else dlrsd.SCENE_CLASSES
@@ -126,6 +134,10 @@ def write_sample_archive(root, *, seed: int = 0, per_class: int = 10, scenes=Non
     if unknown:
         raise ValueError(f"unknown scene folders {sorted(unknown)}")
     tex = _textures(np.random.default_rng([seed, 0]))
+    if variant == "hard":
+        from archives import sample_hard
+        tex = sample_hard.mix_textures(tex)
+        colours = sample_hard.class_colours(SURFACE)
     wb = openpyxl.Workbook()
     ws = wb.active
     ws.title = "Sheet1"
@@ -136,8 +148,12 @@ def write_sample_archive(root, *, seed: int = 0, per_class: int = 10, scenes=Non
         rng = np.random.default_rng([seed, 1, dlrsd.SCENE_CLASSES.index(scene)])
         for i in range(per_class):
             stem = f"{scene}{i:02d}"
-            seg = _draw_map(scene, rng)
-            img = Image.fromarray(_render(seg, tex, rng))
+            if variant == "hard":
+                seg = sample_hard.draw_map(SCENES[scene], C, SIZE, rng)
+                img = Image.fromarray(sample_hard.render(seg, tex, colours, rng))
+            else:
+                seg = _draw_map(scene, rng)
+                img = Image.fromarray(_render(seg, tex, rng))
             if k % 3 == 0 and i % 10 == 3:
                 img = img.resize((SIZE - 9, SIZE + 3), Image.BICUBIC)
             img.save(ucm / scene / f"{stem}.tif")
@@ -156,10 +172,12 @@ def main(argv=None) -> int:
     p.add_argument("--per-class", type=int, default=10, help="DLRSD images per scene folder")
     p.add_argument("--patches", type=int, default=None, help="BEN patches (default: its own)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", choices=VARIANTS, default="default",
+                   help="DLRSD: 'hard' shares colours/textures between classes (README)")
     a = p.parse_args(argv)
     # the archive's own writer (named in its description), given the options it takes
     writer = importlib.import_module(registry.get(a.dataset).sample_module).write_sample_archive
-    options = {"per_class": a.per_class, "n_patches": a.patches}
+    options = {"per_class": a.per_class, "n_patches": a.patches, "variant": a.variant}
     taken = inspect.signature(writer).parameters
     out = writer(a.out, seed=a.seed,
                  **{k: v for k, v in options.items() if v is not None and k in taken})

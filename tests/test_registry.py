@@ -202,15 +202,16 @@ def test_demo_commands_come_from_the_descriptions(tmp_path, monkeypatch):
     demo.prepare("BEN")
     raw, out = "dumps/demo/raw/{}", "dumps/demo/data/{}"
     assert ran == [
-        ["-m", "archives.sample", "--dataset", "DLRSD", "--out", raw.format("DLRSD"), "--seed",
-         "0"],
-        ["prep_DLRSD_noisy.py", "-r_dlrsd", raw.format("DLRSD") + "/DLRSD", "-r_ucm",
-         raw.format("DLRSD") + "/UCMerced_LandUse", "-o", out.format("DLRSD"),
+        ["-m", "archives.sample", "--dataset", "DLRSD", "--out", raw.format("DLRSD-hard"),
+         "--seed", "0", "--variant", "hard", "--per-class", "20"],
+        ["prep_DLRSD_noisy.py", "-r_dlrsd", raw.format("DLRSD-hard") + "/DLRSD", "-r_ucm",
+         raw.format("DLRSD-hard") + "/UCMerced_LandUse", "-o", out.format("DLRSD-hard"),
          "--noise-levels", "50"],
         ["-m", "archives.sample", "--dataset", "BEN", "--out", raw.format("BEN"), "--seed", "0",
          "--patches", "200"],
         ["prep_BEN_noisy.py", "-r", raw.format("BEN"), "-o", out.format("BEN"), "-train",
          raw.format("BEN") + "/train.csv", "-val", raw.format("BEN") + "/val.csv", "-test",
          raw.format("BEN") + "/test.csv", "--noise-levels", "50"]]
-    assert demo.CONFIGS == {"DLRSD": list(registry.DLRSD.demo_configs),
-                            "BEN": list(registry.BEN.demo_configs)}
+    assert demo.CONFIGS == {
+        "DLRSD": ["configs/demo_hard_grid_bce.json", "configs/demo_hard_bce.json"],
+        "BEN": ["configs/demo_ben_grid_bce.json", "configs/demo_ben_bce.json"]}

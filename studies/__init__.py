@@ -1,0 +1,1 @@
+"""Robustness studies: (model x noise level x seed) cells through train + retrieval (study.py)."""

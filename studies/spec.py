@@ -1,0 +1,166 @@
+"""The study file (STUDY.json): which (model, noise level, seed) cells to run, on which archive.
+
+Keys: ``base_config`` (a train config path), ``models``, ``noise_levels``, ``seeds`` (non-empty
+lists), ``out`` (a folder); optional ``sample_archive`` ({"variant", "per_class", "seed"}: write
+the DLRSD-style sample archive and its TFRecords under ``out/data`` and train on them),
+``retrieval`` ({"metric", "max_topk"}), and any train config key (e.g. ``nb_epoch``), which
+overrides the base config in every cell. Errors name the file and the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from config import Config, ConfigError
+
+STUDY_KEYS = ("base_config", "models", "noise_levels", "seeds", "out", "sample_archive",
+              "retrieval")
+CELL_KEYS = ("model_name", "noise_prcnt", "seed", "dumps")  # set per cell, not overridable
+SAMPLE_KEYS = {"variant": "hard", "per_class": 20, "seed": 0}
+RETRIEVAL_KEYS = {"metric": "chi2", "max_topk": None}
+
+
+class StudyError(ValueError):
+    """A problem with the study file; the message names the file and the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    index: int
+    model: str
+    noise_prcnt: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-noise{self.noise_prcnt}-seed{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    path: str
+    base: dict
+    models: tuple[str, ...]
+    noise_levels: tuple[int, ...]
+    seeds: tuple[int, ...]
+    out: Path
+    overrides: dict
+    sample_archive: dict | None
+    retrieval: dict
+
+    @property
+    def cells(self) -> list[Cell]:
+        """Every (model, noise, seed) cell; the index is stable for a given study file."""
+        out = []
+        for m in self.models:
+            for n in self.noise_levels:
+                for s in self.seeds:
+                    out.append(Cell(len(out), m, n, s))
+        return out
+
+    @property
+    def data_dir(self) -> Path:
+        return self.out / "data"
+
+    def cell_result_path(self, cell: Cell) -> Path:
+        return self.out / "cells" / f"{cell.name}.json"
+
+    def cell_config(self, cell: Cell) -> Config:
+        """The validated train config of one cell (own dumps folders under ``out/runs``)."""
+        d = {**self.base, **self.overrides}
+        if self.sample_archive is not None:
+            rec = self.data_dir / "TFRecord"
+            d.update(train_tfrecord_paths=str(rec / "train.tfrecord"),
+                     val_tfrecord_paths=str(rec / "val.tfrecord"),
+                     test_tfrecord_paths=str(rec / "test.tfrecord"))
+        suffix = "-".join(p for p in (d.get("suffix", ""), f"seed{cell.seed}") if p)
+        runs = self.out / "runs"
+        d.update(model_name=cell.model, noise_prcnt=cell.noise_prcnt, seed=cell.seed,
+                 suffix=suffix, dumps={k: str(runs / k) for k in
+                                       ("model_weights", "summaries", "configs", "features")})
+        try:
+            return Config.from_dict(d)
+        except ConfigError as err:
+            raise StudyError(f"{self.path}: cell {cell.name}: {err}") from None
+
+
+def _list(path, data, key, kind):
+    value = data.get(key)
+    if not isinstance(value, list) or not value:
+        raise StudyError(f"{path}: {key}: expected a non-empty list, got {value!r}")
+    for v in value:
+        if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
+            raise StudyError(f"{path}: {key}: expected integers, got {v!r}")
+        if kind is str and not isinstance(v, str):
+            raise StudyError(f"{path}: {key}: expected strings, got {v!r}")
+    if len(set(value)) != len(value):
+        raise StudyError(f"{path}: {key}: duplicate entries in {value!r}")
+    return tuple(value)
+
+
+def _sub(path, data, key, defaults):
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise StudyError(f"{path}: {key}: expected an object, got {value!r}")
+    unknown = set(value) - set(defaults)
+    if unknown:
+        raise StudyError(f"{path}: {key}.{sorted(unknown)[0]}: unknown key "
+                         f"(valid: {', '.join(defaults)})")
+    return {**defaults, **value}
+
+
+def load_study(path) -> Study:
+    """Read and validate a study file; every cell's train config is validated too."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StudyError(f"{path}: study file not found") from None
+    except json.JSONDecodeError as err:
+        raise StudyError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise StudyError(f"{path}: expected a JSON object")
+    for key in ("base_config", "models", "noise_levels", "seeds", "out"):
+        if key not in data:
+            raise StudyError(f"{path}: {key}: required key is missing")
+    train_keys = set(Config.keys())
+    unknown = [k for k in data if k not in STUDY_KEYS and k not in train_keys]
+    if unknown:
+        raise StudyError(f"{path}: {unknown[0]}: unknown key (study keys: {', '.join(STUDY_KEYS)};"
+                         " or any train config key)")
+    fixed = [k for k in data if k in CELL_KEYS]
+    if fixed:
+        raise StudyError(f"{path}: {fixed[0]}: set per cell by the study (models, noise_levels, "
+                         "seeds, out); remove it")
+    base_path = data["base_config"]
+    if not isinstance(base_path, str):
+        raise StudyError(f"{path}: base_config: expected a path, got {base_path!r}")
+    try:
+        base = json.loads(Path(base_path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise StudyError(f"{path}: base_config: cannot read {base_path} ({err})") from None
+    if not isinstance(out := data["out"], str) or not out:
+        raise StudyError(f"{path}: out: expected a folder path, got {out!r}")
+    sample = _sub(path, data, "sample_archive", SAMPLE_KEYS)
+    if sample is not None and base.get("dataset", "DLRSD") != "DLRSD":
+        raise StudyError(f"{path}: sample_archive: only for dataset DLRSD")
+    study = Study(path=str(path), base=base, models=_list(path, data, "models", str),
+                  noise_levels=_list(path, data, "noise_levels", int),
+                  seeds=_list(path, data, "seeds", int), out=Path(out),
+                  overrides={k: v for k, v in data.items() if k in train_keys},
+                  sample_archive=sample,
+                  retrieval=_sub(path, data, "retrieval", RETRIEVAL_KEYS) or dict(RETRIEVAL_KEYS))
+    for cell in study.cells:
+        study.cell_config(cell)
+    return study
+
+
+def to_dict(study: Study) -> dict[str, Any]:
+    """The study as JSON-ready values (written beside the results)."""
+    return {"study_file": study.path, "base_config": study.base, "models": list(study.models),
+            "noise_levels": list(study.noise_levels), "seeds": list(study.seeds),
+            "out": str(study.out), "overrides": study.overrides,
+            "sample_archive": study.sample_archive, "retrieval": study.retrieval}

@@ -1,0 +1,74 @@
+"""Run a robustness study: every (model, noise level, seed) cell, then study.csv, summary, plots.
+
+  python study.py STUDY.json                 # run every unfinished cell, then collect
+  python study.py STUDY.json --list          # cells with their index and state
+  python study.py STUDY.json --cell I        # one cell (e.g. I = $SLURM_ARRAY_TASK_ID)
+  python study.py STUDY.json --shard K/N     # cells K, K+N, K+2N, ... (N machines)
+  python study.py STUDY.json --collect       # only gather finished cells into the outputs
+
+Finished cells are skipped; an interrupted cell resumes from its last checkpoint. See README,
+"Robustness study". Exit codes: 0 done, 2 bad study file or input, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("study", help="study JSON (base_config, models, noise_levels, seeds, out, ...)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--list", action="store_true", help="list the cells and stop")
+    g.add_argument("--cell", type=int, metavar="I", help="run only cell I (no collecting)")
+    g.add_argument("--shard", metavar="K/N", help="run only cells K, K+N, ... (no collecting)")
+    g.add_argument("--collect", action="store_true", help="only collect finished cells")
+    p.add_argument("--progress", action="store_true", help="tqdm bars during training")
+    a = p.parse_args(argv)
+    if a.shard is not None:
+        try:
+            k, n = (int(x) for x in a.shard.split("/"))
+            assert n >= 1 and 0 <= k < n
+        except (ValueError, AssertionError):
+            p.error(f"--shard: expected K/N with 0 <= K < N, got {a.shard!r}")
+        a.shard = (k, n)
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from atomic_files import write_json_atomic
+    from studies import report, runner
+    from studies.spec import StudyError, load_study, to_dict
+
+    try:
+        study = load_study(args.study)
+        if args.list:
+            for cell, done in runner.status(study):
+                print(f"{cell.index:4d}  {cell.name:<32} {'finished' if done else 'pending'}")
+            return 0
+        if not args.collect:
+            write_json_atomic(study.out / "study.json", to_dict(study))
+            for i in runner.select(study, args.cell, args.shard):
+                runner.run_cell(study, i, show_progress=args.progress)
+        if args.cell is not None or args.shard is not None:
+            return 0
+        res = report.collect(study)
+    except (StudyError, IndexError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    print(f"\n{res['rows']}/{res['cells']} cells finished")
+    if res.get("table"):
+        print(res["table"])
+        print("\n".join(res["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""study.py: validation, cells through training + retrieval, skipping, single cells, outputs."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import study as study_cli
+from studies import report, runner
+from studies.spec import StudyError, load_study
+
+N_TRAIN, N_EVAL = 8, 10
+
+
+def _copy(src: Path, dst: Path, n: int) -> None:
+    with tf.io.TFRecordWriter(str(dst)) as writer:
+        for raw in tf.data.TFRecordDataset(str(src)).take(n):
+            writer.write(raw.numpy())
+
+
+@pytest.fixture(scope="module")
+def base_config(tmp_path_factory) -> Path:
+    """A train config over tiny records: train / train_noise_prcnt50 (8), val (4) and an archive
+    of 10 (taken from the clean training split, so that metrics @10 exist)."""
+    import prep_DLRSD_noisy
+    from archives import sample
+
+    base = tmp_path_factory.mktemp("study")
+    raw, full, tiny = base / "raw", base / "full", base / "TFRecord"
+    sample.write_sample_archive(raw, seed=0, per_class=10, scenes=["beach", "forest", "harbor"])
+    prep_DLRSD_noisy.main(["-r_dlrsd", str(raw / "DLRSD"), "-r_ucm", str(raw / "UCMerced_LandUse"),
+                           "-o", str(full), "--noise-levels", "50", "--quiet"])
+    tiny.mkdir()
+    for name, src, n in (("train", "train", N_TRAIN), ("train_noise_prcnt50", "train_noise_prcnt50",
+                          N_TRAIN), ("val", "val", 4), ("test", "train", N_EVAL)):
+        _copy(full / "TFRecord" / f"{src}.tfrecord", tiny / f"{name}.tfrecord", n)
+    cfg = dict(model_name="BCE", dataset="DLRSD", backbone="small_cnn", embed_dim=8,
+               batch_size=4, nb_epoch=3, noisy_sel_prcnt=25,
+               train_tfrecord_paths=str(tiny / "train.tfrecord"),
+               val_tfrecord_paths=str(tiny / "val.tfrecord"),
+               test_tfrecord_paths=str(tiny / "test.tfrecord"))
+    path = base / "base.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _study(tmp_path, base_config, **kw) -> Path:
+    d = {"base_config": str(base_config), "models": ["BCE", "GRID-BCE"], "noise_levels": [50],
+         "seeds": [0], "out": str(tmp_path / "out"), "nb_epoch": 1}
+    d.update(kw)
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"models": []}, "models: expected a non-empty list"),
+    ({"seeds": [0, 0]}, "seeds: duplicate"),
+    ({"noise_levels": [15]}, "noise_prcnt: 15 is not offered"),
+    ({"models": ["GRID"]}, "model_name: 'GRID' is not one of"),
+    ({"nb_epok": 2}, "nb_epok: unknown key"),
+    ({"seed": 1}, "seed: set per cell"),
+    ({"learning_rate": -1}, "learning_rate: must be > 0"),
+    ({"sample_archive": {"varient": "hard"}}, "sample_archive.varient: unknown key"),
+])
+def test_study_file_errors_name_the_key(tmp_path, base_config, change, message):
+    path = _study(tmp_path, base_config, **change)
+    with pytest.raises(StudyError, match=message):
+        load_study(path)
+    assert study_cli.main([str(path), "--list"]) == 2
+
+
+def test_missing_required_key(tmp_path, base_config):
+    path = _study(tmp_path, base_config)
+    d = json.loads(path.read_text())
+    del d["out"]
+    path.write_text(json.dumps(d))
+    with pytest.raises(StudyError, match="out: required key is missing"):
+        load_study(path)
+
+
+def test_cells_and_configs(tmp_path, base_config):
+    s = load_study(_study(tmp_path, base_config, seeds=[0, 1], noise_levels=[0, 50]))
+    names = [c.name for c in s.cells]
+    assert names[:3] == ["BCE-noise0-seed0", "BCE-noise0-seed1", "BCE-noise50-seed0"]
+    assert len(names) == 8 and len(set(names)) == 8
+    cfgs = [s.cell_config(c) for c in s.cells]
+    assert len({c.run_name for c in cfgs}) == 8  # seeds do not share a run folder
+    assert all(c.nb_epoch == 1 and c.batch_size == 4 for c in cfgs)  # override + base
+    assert cfgs[1].seed == 1 and cfgs[1].suffix == "seed1"
+    assert runner.select(s, shard=(1, 3)) == [1, 4, 7] and runner.select(s, cell=5) == [5]
+    with pytest.raises(IndexError, match="8 cells"):
+        runner.select(s, cell=8)
+
+
+def test_study_runs_cells_skips_finished_and_collects(tmp_path, base_config, capsys):
+    path = _study(tmp_path, base_config, models=["BCE", "GRID-BCE", "ELR"])
+    out = tmp_path / "out"
+    assert study_cli.main([str(path), "--cell", "1"]) == 0  # one cell alone, as on a cluster
+    assert [p.name for p in (out / "cells").iterdir()] == ["GRID-BCE-noise50-seed0.json"]
+    assert not (out / "study.csv").exists()  # single cells never collect
+    first = (out / "cells" / "GRID-BCE-noise50-seed0.json").stat().st_mtime_ns
+
+    assert study_cli.main([str(path)]) == 0
+    assert "GRID-BCE-noise50-seed0: finished earlier, skipped" in capsys.readouterr().out
+    assert (out / "cells" / "GRID-BCE-noise50-seed0.json").stat().st_mtime_ns == first
+    with open(out / "study.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["model"], r["noise_prcnt"], r["seed"]) for r in rows] == [
+        ("BCE", "50", "0"), ("GRID-BCE", "50", "0"), ("ELR", "50", "0")]
+    # chance level = share of training records whose noisy multi-hot differs from the clean one
+    from archives import dlrsd
+    recs = list(dlrsd.parse_records([str(Path(json.loads(base_config.read_text())[
+        "train_tfrecord_paths"]).parent / "train_noise_prcnt50.tfrecord")]))
+    share = np.mean([np.any(r["label"].numpy() != r["noisy_label"].numpy()) for r in recs])
+    assert all(float(r["chance_level"]) == pytest.approx(share) for r in rows)
+    assert rows[0]["sel_precision"] == "" and rows[2]["sel_recall"] == ""
+    assert 0.0 <= float(rows[1]["sel_precision"]) <= 1.0
+    for r in rows:
+        assert 0.0 <= float(r["mAP@10"]) <= 1.0 and float(r["train_time_s"]) > 0
+    summary = (out / "summary.md").read_text()
+    assert summary.count("\n") == 2 + 3 and "± 0.000" in summary  # one seed: sd 0
+    assert (out / "selection_vs_noise.png").stat().st_size > 1000
+    assert (out / "study.json").is_file()
+
+
+def test_interrupted_cell_resumes_from_checkpoint(tmp_path, base_config, capsys):
+    path = _study(tmp_path, base_config, models=["BCE"], nb_epoch=2)
+    s = load_study(path)
+    cfg = s.cell_config(s.cells[0])
+    import training
+    training.train(cfg, max_epochs=1, show_progress=False, log=lambda m: None)  # "interrupted"
+    assert study_cli.main([str(path), "--cell", "0"]) == 0
+    assert "(resuming)" in capsys.readouterr().out
+    row = json.loads(s.cell_result_path(s.cells[0]).read_text())
+    assert row["model"] == "BCE" and json.loads(cfg.config_dump_path.read_text())["nb_epoch"] == 2
+
+
+def test_cell_interrupted_before_its_first_checkpoint_starts_afresh(tmp_path, base_config):
+    path = _study(tmp_path, base_config, models=["BCE"], nb_epoch=1)
+    s = load_study(path)
+    cfg = s.cell_config(s.cells[0])
+    cfg.summaries_dir.mkdir(parents=True)  # what a kill before the first checkpoint leaves
+    (cfg.summaries_dir / "events.out.tfevents.0").write_bytes(b"")
+    assert study_cli.main([str(path), "--cell", "0"]) == 0
+    assert json.loads(s.cell_result_path(s.cells[0]).read_text())["model"] == "BCE"
+
+
+def test_summary_mean_and_sd(tmp_path, base_config):
+    s = load_study(_study(tmp_path, base_config, models=["BCE"], seeds=[0, 1, 2]))
+    rows = [{"model": "BCE", "noise_prcnt": 50, "seed": i, "x": v, "y": float("nan")}
+            for i, v in enumerate([0.5, 0.7, 0.9])]
+    (res,) = report.summarise(rows, ["x", "y"], s)
+    assert res["n_seeds"] == 3 and res["x_mean"] == pytest.approx(0.7)
+    assert res["x_sd"] == pytest.approx(0.2) and np.isnan(res["y_mean"])
+
+
+def test_shipped_study_and_demo_configs_are_valid(monkeypatch):
+    from config import Config
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    s = load_study("configs/study_sample_hard.json")
+    assert len(s.cells) == len(s.models) * len(s.noise_levels) * len(s.seeds)
+    assert s.sample_archive == {"variant": "hard", "per_class": 20, "seed": 0}
+    cfg = s.cell_config(s.cells[0])
+    assert cfg.train_tfrecord_paths == (str(s.out / "data" / "TFRecord" / "train.tfrecord"),)
+    for name in ("demo_hard_grid_bce", "demo_hard_bce"):
+        demo = Config.from_json(f"configs/{name}.json")
+        assert demo.suffix == "hard" and "DLRSD-hard" in demo.train_tfrecord_paths[0]
+        assert demo.nb_epoch == s.overrides["nb_epoch"] and demo.backbone == cfg.backbone
