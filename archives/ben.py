@@ -126,22 +126,28 @@ def read_labels19(root: str | os.PathLike, patch: str) -> list[str]:
     return labels_43_to_19(labels, str(path))
 
 
-def read_band(root: str | os.PathLike, patch: str, band: str) -> np.ndarray:
-    """One band as a 2-D array of its native dtype, checked against BAND_SIZES."""
+def read_single_band(path: Path, what: str) -> np.ndarray:
+    """The one band of the GeoTIFF at ``path``; InvalidPatch naming it (as ``what``) when it is
+    missing, unreadable or has several bands."""
     import rasterio
 
-    path = band_path(root, patch, band)
     if not path.is_file():
-        raise InvalidPatch(f"{path}: band file {band} is missing")
+        raise InvalidPatch(f"{path}: {what} is missing")
     try:
         with rasterio.open(path) as src:
             if src.count != 1:
-                raise InvalidPatch(f"{path}: band file has {src.count} bands, expected 1")
-            arr = src.read(1)
+                raise InvalidPatch(f"{path}: {what} has {src.count} bands, expected 1")
+            return src.read(1)
     except InvalidPatch:
         raise
     except Exception as err:  # rasterio raises several unrelated types for broken files
-        raise InvalidPatch(f"{path}: band file cannot be read ({err})") from None
+        raise InvalidPatch(f"{path}: {what} cannot be read ({err})") from None
+
+
+def read_band(root: str | os.PathLike, patch: str, band: str) -> np.ndarray:
+    """One band as a 2-D array of its native dtype, checked against BAND_SIZES."""
+    path = band_path(root, patch, band)
+    arr = read_single_band(path, f"band file {band}")
     size = BAND_SIZES[band]
     if arr.shape != (size, size):
         raise InvalidPatch(f"{path}: band {band} is {arr.shape[0]}x{arr.shape[1]}, "

@@ -375,23 +375,6 @@ def csv_splits(meta: Metadata, csvs: dict, skip_invalid: bool = False,
 
 # ---------------------------------------------------------------- one patch
 
-def _read_tif(path: Path, what: str) -> np.ndarray:
-    """The single band of a GeoTIFF; InvalidPatch naming it when missing, unreadable or multi-band."""
-    import rasterio
-
-    if not path.is_file():
-        raise InvalidPatch(f"{path}: {what} is missing")
-    try:
-        with rasterio.open(path) as src:
-            if src.count != 1:
-                raise InvalidPatch(f"{path}: {what} has {src.count} bands, expected 1")
-            return src.read(1)
-    except InvalidPatch:
-        raise
-    except Exception as err:  # rasterio raises several unrelated types for broken files
-        raise InvalidPatch(f"{path}: {what} cannot be read ({err})") from None
-
-
 def _check_shape(arr: np.ndarray, path: Path, what: str) -> None:
     if arr.shape != (PATCH_SIZE, PATCH_SIZE):
         raise InvalidPatch(f"{path}: {what} is {arr.shape[0]}x{arr.shape[1]}, expected "
@@ -433,7 +416,7 @@ def read_s1(layout: Layout, s1_name: str, patch: str = "") -> np.ndarray:
     out = np.empty((PATCH_SIZE, PATCH_SIZE, len(S1_BANDS)), np.float32)
     for k, band in enumerate(S1_BANDS):
         path = layout.s1_path(s1_name, band)
-        arr = _read_tif(path, f"S1 {band} file")
+        arr = ben.read_single_band(path, f"S1 {band} file")
         _check_shape(arr, path, f"S1 {band}")
         if not np.issubdtype(arr.dtype, np.floating):
             raise InvalidPatch(f"{path}: S1 {band} has dtype {arr.dtype}, expected float32 "
@@ -446,7 +429,7 @@ def read_reference_map(layout: Layout, patch: str) -> np.ndarray:
     """int8 (120, 120) 19-class ids (-1 unlabelled) of the patch's CORINE reference map;
     InvalidPatch when the file is missing, not 120x120 or not uint16."""
     path = layout.map_path(patch)
-    codes = _read_tif(path, "reference map")
+    codes = ben.read_single_band(path, "reference map")
     _check_shape(codes, path, "reference map")
     if codes.dtype != np.uint16:
         raise InvalidPatch(f"{path}: reference map has dtype {codes.dtype}, expected uint16 "
