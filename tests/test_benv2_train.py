@@ -173,3 +173,17 @@ def test_config_errors(changes, message, records, tmp_path):
     with pytest.raises(ConfigError) as err:
         make_cfg(records, tmp_path, **changes)
     assert any(p.startswith(message) for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize("name,model,bands,sel", [
+    ("benv2_grid_bce_s2", "GRID-BCE", "s2", 20), ("benv2_grid_bce_s1", "GRID-BCE", "s1", 20),
+    ("benv2_grid_bce_s1s2", "GRID-BCE", "s1s2", 20), ("benv2_bce_s2", "BCE", "s2", 20),
+    ("benv2_grid_pce", "GRID-PCE", "s2", 10), ("benv2_pce", "PCE", "s2", 10),
+    ("benv2_grid_rrl", "GRID-RRL", "s2", 10), ("benv2_rrl", "RRL", "s2", 10)])
+def test_shipped_configs(name, model, bands, sel):
+    cfg = Config.from_json(Path(__file__).resolve().parents[1] / "configs" / f"{name}.json")
+    assert (cfg.dataset, cfg.model_name, cfg.bands, cfg.noisy_sel_prcnt) == \
+        ("BENv2", model, bands, sel)
+    assert (cfg.backbone, cfg.batch_size, cfg.nb_epoch, cfg.noise_prcnt) == \
+        ("densenet121", 128, 100, 50)
+    assert cfg.train_tfrecord_paths == ("dumps/data/BENv2/TFRecord/train.tfrecord",)
