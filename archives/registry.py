@@ -223,6 +223,10 @@ BENV2 = register(ArchiveInfo(
     noise_levels=(10, 20, 30, 40, 50, 60), has_pixel_maps=True, shuffle_buffer=10000,
     default_topk=1000, headline_metric="NDCG@30", rgb_channels=(0, 1, 2),
     sample_module="archives.sample_benv2",
+    # the demo trains the pixel-based variant the reference maps make possible, and its baseline
+    demo_configs=("configs/demo_benv2_grid_pce.json", "configs/demo_benv2_pce.json"),
+    demo_sample_args=("--patches", "200"),  # a test split of >= 30 patches (NDCG@30)
+    demo_prep=("prep_BEN_noisy.py", "-r", "{raw}", "-o", "{out}"),
     parse_kwargs=(("bands", "s2"), ("noise_rule", "pairs")),
     map_parse_kwargs=(("noise_rule", "map"),),
     band_sets=(_benv2_band_set("s1", BENV2_S1_BANDS),

@@ -187,3 +187,18 @@ def test_shipped_configs(name, model, bands, sel):
     assert (cfg.backbone, cfg.batch_size, cfg.nb_epoch, cfg.noise_prcnt) == \
         ("densenet121", 128, 100, 50)
     assert cfg.train_tfrecord_paths == ("dumps/data/BENv2/TFRecord/train.tfrecord",)
+
+
+def test_pce_head_sized_from_densenet_feature_map():
+    """The published backbone on v2's 120 px input: 3x3 features -> strides 5, 4, 2 -> 120."""
+    from models import pce
+    from models.backbones import build_backbone
+    from models.config import ModelConfig
+
+    cfg = Config.from_json(Path(__file__).resolve().parents[1] / "configs" / "benv2_grid_pce.json")
+    mc = ModelConfig.from_config(cfg)
+    backbone = build_backbone("densenet121", mc.input_shape)
+    feat = tuple(backbone.output_shape[1:])
+    assert feat[:2] == (3, 3)
+    assert pce.upsampling_plan(feat[:2], (120, 120)) == ((5, 4, 2), False)
+    assert pce.build_head(feat, mc, "head").output_shape == (None, 120, 120, 19)
