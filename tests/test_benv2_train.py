@@ -205,3 +205,24 @@ def test_pce_head_sized_from_densenet_feature_map():
     assert feat[:2] == (3, 3)
     assert pce.upsampling_plan(feat[:2], (120, 120)) == ((5, 4, 2), False)
     assert pce.build_head(feat, mc, "head").output_shape == (None, 120, 120, 19)
+
+
+def test_v1_and_v2_records_are_not_mixed_up(records, tmp_path):
+    """A BEN config on v2 records, or a BENv2 config on v1 records, stops before training,
+    naming the file and the archive it holds."""
+    import run_guard
+    from archives import sample_ben
+
+    v1 = sample_ben.write_sample_archive(tmp_path / "v1raw", seed=1, n_patches=9)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert prep_BEN_noisy.main([
+            "-r", str(v1), "-o", str(tmp_path / "v1"), "--noise-levels", str(NOISE), "--quiet",
+            "--workers", "1", "-train", str(v1 / "train.csv"), "-val", str(v1 / "val.csv"),
+            "-test", str(v1 / "test.csv")]) == 0
+    v1_records = tmp_path / "v1" / "TFRecord"
+    for dataset, folder, holds in (("BEN", records, "BENv2"), ("BENv2", v1_records, "BEN")):
+        cfg = make_cfg(folder, tmp_path, dataset=dataset)
+        with pytest.raises(run_guard.RunError, match=f"train_noise_prcnt{NOISE}.tfrecord: holds "
+                                                     f"{holds} records, but the config's "
+                                                     f"dataset is {dataset}"):
+            run_guard.check_inputs(cfg)
