@@ -97,7 +97,8 @@ class ArchiveInfo:
     @property
     def band_set_names(self) -> tuple[str, ...]:
         """The band sets offered, this description's first."""
-        return (self.band_set,) + tuple(bs.name for bs in self.band_sets if bs.name != self.band_set)
+        others = tuple(bs.name for bs in self.band_sets if bs.name != self.band_set)
+        return (self.band_set,) + others
 
     def for_pixel_maps(self, uses: bool) -> "ArchiveInfo":
         """This description as read for a model that uses pixel maps (``uses``: PCE, RRL) or
