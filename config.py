@@ -25,6 +25,7 @@ BASELINE_MODELS = ("BCE", "PCE", "RRL")
 HASH_MODELS = ("MiLaN",)          # metric-learning deep hashing (SPEC section 8)
 FEATURE_MODELS = ("OffTheShelf",)  # pretrained backbone features, no training (SPEC section 9)
 ROBUST_MODELS = ("SAT", "ELR", "JoCoR")  # label-noise-robust comparisons (models/robust.py)
+PIXEL_MAP_TASKS = ("PCE", "RRL")  # tasks trained on pixel maps (read the map noise rule)
 MODEL_NAMES = GRID_MODELS + BASELINE_MODELS + ROBUST_MODELS + HASH_MODELS + FEATURE_MODELS
 TRIPLET_LABELS = ("label", "scene")
 FEATURE_LAYERS = ("pooling", "output")
@@ -183,6 +184,8 @@ class Config:
     train_backbone: bool = False
     triplet_labels: str = "label"
     feature_layer: str = "pooling"
+    # input band set of an archive that offers several (BENv2: "s2", "s1", "s1s2"); None: default
+    bands: str | None = None
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -298,9 +301,16 @@ class Config:
         return self.model_name.split("-")[-1]
 
     @property
+    def uses_pixel_maps(self) -> bool:
+        """Whether the task trains on pixel maps (PCE, RRL), so reads the map noise rule."""
+        return self.task in PIXEL_MAP_TASKS
+
+    @property
     def archive(self) -> registry.ArchiveInfo:
-        """The light description of ``dataset`` (archives/registry.py)."""
-        return registry.get(self.dataset)
+        """The light description of ``dataset`` (archives/registry.py) for this run: its band
+        set (``bands``) and, for a model that uses pixel maps, the archive's map parse options."""
+        info = registry.get(self.dataset)
+        return info.with_bands(self.bands or info.band_set).for_pixel_maps(self.uses_pixel_maps)
 
     @property
     def nb_class(self) -> int:
@@ -335,6 +345,8 @@ class Config:
                 f"-noisy_sel_prcnt{self.noisy_sel_prcnt}")
         if self.model_name in HASH_MODELS:
             name += f"-bits{self.hash_bits}"
+        if self.bands is not None and self.bands != registry.get(self.dataset).band_set:
+            name += f"-bands_{self.bands}"  # only off the default: existing names stay
         return f"{name}-{self.suffix}" if self.suffix else name
 
     @property
@@ -405,7 +417,7 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     dataset, model = out["dataset"], out["model_name"]
     info = None if _bad("dataset") else registry.get(dataset)
     if info and not _bad("model_name") and not info.has_pixel_maps and \
-            model.split("-")[-1] in ("PCE", "RRL"):
+            model.split("-")[-1] in PIXEL_MAP_TASKS:
         _fail(f"model_name: {model!r} needs pixel maps, which {dataset} does not have; "
               f"use GRID-BCE or BCE with dataset {dataset}")
     if not _bad("model_name", "strategy") and model in HASH_MODELS + FEATURE_MODELS and \
@@ -422,6 +434,13 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
             model not in ("BCE", "GRID-BCE"):
         _fail(f"feature_layer: 'output' (sigmoid class scores) needs model_name BCE "
               f"or GRID-BCE, got {model!r}")
+    if d["bands"] is not None:
+        out["bands"] = _check_str("bands", d["bands"])
+        if info and isinstance(out["bands"], str):
+            try:
+                info.with_bands(out["bands"])
+            except ValueError as err:
+                _fail(str(err))
     if info and not _bad("noise_prcnt"):
         levels = info.noise_levels
         if out["noise_prcnt"] != 0 and out["noise_prcnt"] not in levels:

@@ -52,6 +52,8 @@ def cache_key(cfg: Config) -> str:
     key = {"backbone": cfg.backbone, "dataset": cfg.dataset,
            "weights": _file_id(cfg.weights) if cfg.weights else {"seed": cfg.seed},
            "records": [_file_id(p) for p in cfg.noisy_train_paths]}
+    if cfg.bands is not None:  # another band set, other features (absent: keys stay as before)
+        key["bands"] = cfg.archive.band_set
     return json.dumps(key, sort_keys=True)
 
 
@@ -71,7 +73,7 @@ def cached_features(cfg: Config, model: MilanModel, log=print, progress: bool = 
                     return f["feature"][()], f["noisy_label"][()], f["patch_name"][()]
         except (OSError, KeyError):
             pass
-    ds = make_dataset(list(cfg.noisy_train_paths), cfg.dataset, training=False,
+    ds = make_dataset(list(cfg.noisy_train_paths), cfg.archive, training=False,
                       batch_size=max(cfg.batch_size, 32), seed=cfg.seed)
     feat, label, names = extract_features(model.feature_model, ds, label_key="noisy_label",
                                           progress=progress)
@@ -145,7 +147,7 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
             sums: dict[str, float] = {}
             if cfg.train_backbone:
                 from archives.pipeline import make_dataset
-                batches = make_dataset(list(cfg.noisy_train_paths), cfg.dataset, training=True,
+                batches = make_dataset(list(cfg.noisy_train_paths), cfg.archive, training=True,
                                        batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch)
                 run = (step(b) for b in batches)
             else:

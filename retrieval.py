@@ -157,7 +157,8 @@ def run_config(path: str, args) -> tuple[str, dict]:
     from archives.pipeline import make_dataset
 
     def make(paths):
-        return make_dataset(paths, cfg["dataset"], training=False, batch_size=args.batch_size)
+        # the run's band set and parse options (archives/registry.py), not just its name
+        return make_dataset(paths, run.archive, training=False, batch_size=args.batch_size)
 
     binary = cfg.get("model_name") == "MiLaN"  # sigmoid hash outputs: also store packed codes
     if args.metric is None and cfg.get("model_name") in ("MiLaN", "OffTheShelf"):

@@ -162,7 +162,7 @@ def evaluate(eval_step: Callable, cfg: Config, paths) -> dict[str, float]:
         return {}
     sums: dict[str, float] = {}
     count = 0
-    for batch in make_dataset(list(paths), cfg.dataset, training=False,
+    for batch in make_dataset(list(paths), cfg.archive, training=False,
                               batch_size=cfg.batch_size, seed=cfg.seed):
         n = int(batch["label"].shape[0])
         for key, value in eval_step(batch).items():
@@ -301,7 +301,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
             reported = True
         for epoch in range(start_epoch, end_epoch):
             skip = int(run.step_in_epoch)
-            ds = make_dataset(list(cfg.noisy_train_paths), cfg.dataset, training=True,
+            ds = make_dataset(list(cfg.noisy_train_paths), cfg.archive, training=True,
                               batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
                               drop_remainder=strategy.num_replicas_in_sync > 1)
             if skip:

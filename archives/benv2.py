@@ -50,7 +50,7 @@ from typing import Sequence
 
 import numpy as np
 
-from archives import ben, benv2_noise
+from archives import ben, benv2_noise, registry
 from archives import benv2_layout as v2
 from archives.ben import InvalidPatch
 
@@ -312,6 +312,7 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
 
     from archives.common import atomic_tfrecord_writer, check_writable, skip_or_raise
     from archives.noise import check_levels
+    from archives.records_meta import write_meta
     from archives.report import PrepReport
 
     start = time.time()
@@ -415,6 +416,8 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
         patches_without_19_class_label=int(no_target))
     report.time_s = round(time.time() - start, 3)
     report.save(tf_dir / REPORT_NAME)
+    # every record holds all 12 channels (S2 + S1): the metadata names the full band set
+    write_meta(tf_dir, registry.BENV2.with_bands("s1s2"), report, band_set="s1s2")
     return report
 
 

@@ -45,7 +45,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from archives import ben
+from archives import ben, registry
 from archives.ben import InvalidPatch
 
 S2_DIR, S1_DIR, MAPS_DIR = "BigEarthNet-S2", "BigEarthNet-S1", "Reference_Maps"
@@ -71,14 +71,7 @@ UNLABELLED_CODES = (122, 123, 124, 131, 132, 133, 141, 142, 332, 334, 335, 423, 
 _CODE_LUT = np.full(65536, -1, np.int8)
 _CODE_LUT[list(CORINE_TO_CLASS)] = list(CORINE_TO_CLASS.values())
 
-BAND_STATS = {  # v2 train split (ConfigILM, 20 m bands resized to 120 px bicubic), SPEC section 7
-    "mean": {"B01": 360.64, "B02": 438.37, "B03": 614.06, "B04": 588.41, "B05": 942.75,
-             "B06": 1769.85, "B07": 2049.48, "B08": 2193.29, "B8A": 2235.49, "B09": 2241.09,
-             "B11": 1568.21, "B12": 997.72, "VV": -12.64, "VH": -19.35},
-    "std": {"B01": 572.34, "B02": 607.03, "B03": 603.30, "B04": 684.57, "B05": 738.30,
-            "B06": 1100.46, "B07": 1275.84, "B08": 1369.37, "B8A": 1356.75, "B09": 1313.65,
-            "B11": 1070.80, "B12": 814.09, "VV": 5.13, "VH": 5.59},
-}
+BAND_STATS = registry.BENV2_BAND_STATS  # v2 train split (SPEC section 7), in the registry
 
 
 class InvalidMetadata(ValueError):

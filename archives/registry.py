@@ -60,6 +60,9 @@ class ArchiveInfo:
     parse_kwargs: tuple[tuple[str, object], ...] = ()
     band_sets: tuple[BandSet, ...] = ()  # alternatives to the channels above (with_bands)
     band_set: str = "default"          # which one this description holds
+    # extra parse_records arguments for models that use pixel maps (PCE, RRL): e.g. BENv2's
+    # map noise rule instead of its pair rule (for_pixel_maps)
+    map_parse_kwargs: tuple[tuple[str, object], ...] = ()
 
     @property
     def nb_class(self) -> int:
@@ -88,9 +91,22 @@ class ArchiveInfo:
                     image_shape=self.image_shape[:2] + (c,),
                     model_input_shape=self.model_input_shape[:2] + (c,),
                     parse_kwargs=self.parse_kwargs + bs.parse_kwargs)
-        offered = [self.band_set] + [bs.name for bs in self.band_sets]
         raise ValueError(f"bands: {name!r} is not a band set of {self.name} "
-                         f"(offered: {', '.join(offered)})")
+                         f"(offered: {', '.join(self.band_set_names)})")
+
+    @property
+    def band_set_names(self) -> tuple[str, ...]:
+        """The band sets offered, this description's first."""
+        others = tuple(bs.name for bs in self.band_sets if bs.name != self.band_set)
+        return (self.band_set,) + others
+
+    def for_pixel_maps(self, uses: bool) -> "ArchiveInfo":
+        """This description as read for a model that uses pixel maps (``uses``: PCE, RRL) or
+        not: the former adds ``map_parse_kwargs`` (later pairs win in parse_records)."""
+        if not uses or not self.map_parse_kwargs:
+            return self
+        return dataclasses.replace(self, parse_kwargs=self.parse_kwargs + self.map_parse_kwargs,
+                                   map_parse_kwargs=())
 
 
 ARCHIVES: dict[str, ArchiveInfo] = {}
@@ -173,4 +189,48 @@ BEN = register(ArchiveInfo(
     demo_sample_args=("--patches", "200"),  # a test split of >= 30 patches (NDCG@30)
     demo_prep=("prep_BEN_noisy.py", "-r", "{raw}", "-o", "{out}", "-train", "{raw}/train.csv",
                "-val", "{raw}/val.csv", "-test", "{raw}/test.csv"),
+))
+
+# ---------------------------------------------------------------- BigEarthNet v2.0 (reBEN)
+
+BENV2_BAND_STATS = {  # v2 train split (ConfigILM, 20 m bands resized to 120 px bicubic), SPEC 7
+    "mean": {"B01": 360.64, "B02": 438.37, "B03": 614.06, "B04": 588.41, "B05": 942.75,
+             "B06": 1769.85, "B07": 2049.48, "B08": 2193.29, "B8A": 2235.49, "B09": 2241.09,
+             "B11": 1568.21, "B12": 997.72, "VV": -12.64, "VH": -19.35},
+    "std": {"B01": 572.34, "B02": 607.03, "B03": 603.30, "B04": 684.57, "B05": 738.30,
+            "B06": 1100.46, "B07": 1275.84, "B08": 1369.37, "B8A": 1356.75, "B09": 1313.65,
+            "B11": 1070.80, "B12": 814.09, "VV": 5.13, "VH": 5.59},
+}
+BENV2_S1_BANDS = ("VV", "VH")  # backscatter in dB
+
+
+def _benv2_band_set(name: str, channels: tuple[str, ...]) -> BandSet:
+    return BandSet(name=name, channel_names=channels,
+                   model_mean=tuple(BENV2_BAND_STATS["mean"][b] for b in channels),
+                   model_std=tuple(BENV2_BAND_STATS["std"][b] for b in channels),
+                   parse_kwargs=(("bands", name),))
+
+
+# s2 (the published 10 bands, default), s1 (VV, VH), s1s2 (S2 then S1); the reference maps make
+# PCE/RRL possible: they read the map noise rule, BCE-type models the BigEarthNet pair rule
+BENV2 = register(ArchiveInfo(
+    name="BENv2", module="archives.benv2",
+    class_names=BEN.class_names,
+    image_shape=(120, 120, len(BEN_MODEL_BANDS)),
+    model_input_shape=(120, 120, len(BEN_MODEL_BANDS)),
+    channel_names=BEN_MODEL_BANDS,
+    model_mean=tuple(BENV2_BAND_STATS["mean"][b] for b in BEN_MODEL_BANDS),
+    model_std=tuple(BENV2_BAND_STATS["std"][b] for b in BEN_MODEL_BANDS),
+    noise_levels=(10, 20, 30, 40, 50, 60), has_pixel_maps=True, shuffle_buffer=10000,
+    default_topk=1000, headline_metric="NDCG@30", rgb_channels=(0, 1, 2),
+    sample_module="archives.sample_benv2",
+    # the demo trains the pixel-based variant the reference maps make possible, and its baseline
+    demo_configs=("configs/demo_benv2_grid_pce.json", "configs/demo_benv2_pce.json"),
+    demo_sample_args=("--patches", "200"),  # a test split of >= 30 patches (NDCG@30)
+    demo_prep=("prep_BEN_noisy.py", "-r", "{raw}", "-o", "{out}"),
+    parse_kwargs=(("bands", "s2"), ("noise_rule", "pairs")),
+    map_parse_kwargs=(("noise_rule", "map"),),
+    band_sets=(_benv2_band_set("s1", BENV2_S1_BANDS),
+               _benv2_band_set("s1s2", BEN_MODEL_BANDS + BENV2_S1_BANDS)),
+    band_set="s2",
 ))

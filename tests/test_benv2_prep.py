@@ -76,7 +76,8 @@ def _run(argv, capsys):
 def test_prep_files_counts_and_summary(prepped, meta):
     tf_dir, printed = prepped
     assert sorted(p.name for p in tf_dir.iterdir()) == [
-        "prep_report.json", "test.tfrecord", "train.tfrecord", "train_noise_prcnt20.tfrecord",
+        "prep_report.json", "records_meta.json", "test.tfrecord", "train.tfrecord",
+        "train_noise_prcnt20.tfrecord",
         "train_noise_prcnt60.tfrecord", "val.tfrecord"]
     report = json.loads((tf_dir / "prep_report.json").read_text())
     splits = meta.splits()

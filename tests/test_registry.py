@@ -212,6 +212,14 @@ def test_demo_commands_come_from_the_descriptions(tmp_path, monkeypatch):
         ["prep_BEN_noisy.py", "-r", raw.format("BEN"), "-o", out.format("BEN"), "-train",
          raw.format("BEN") + "/train.csv", "-val", raw.format("BEN") + "/val.csv", "-test",
          raw.format("BEN") + "/test.csv", "--noise-levels", "50"]]
+    ran.clear()
+    demo.prepare("BENv2")  # a v2 root carries its splits (metadata.parquet): no CSVs
+    assert ran == [
+        ["-m", "archives.sample", "--dataset", "BENv2", "--out", raw.format("BENv2"), "--seed",
+         "0", "--patches", "200"],
+        ["prep_BEN_noisy.py", "-r", raw.format("BENv2"), "-o", out.format("BENv2"),
+         "--noise-levels", "50"]]
     assert demo.CONFIGS == {
         "DLRSD": ["configs/demo_hard_grid_bce.json", "configs/demo_hard_bce.json"],
-        "BEN": ["configs/demo_ben_grid_bce.json", "configs/demo_ben_bce.json"]}
+        "BEN": ["configs/demo_ben_grid_bce.json", "configs/demo_ben_bce.json"],
+        "BENv2": ["configs/demo_benv2_grid_pce.json", "configs/demo_benv2_pce.json"]}
