@@ -396,15 +396,6 @@ def read_labels_worker(args: tuple) -> tuple[str, list | None, str | None]:
         return patch, None, str(err)
 
 
-def _ordered_map(pool, fn, items: list, window: int):
-    """fn over items in input order, in ``pool`` when given; at most ``window`` items in flight
-    so that a fast reader cannot fill memory ahead of the writer."""
-    for start in range(0, len(items), window):
-        chunk = items[start:start + window]
-        yield from (pool.map(fn, chunk, chunksize=max(1, window // 32)) if pool
-                    else map(fn, chunk))
-
-
 def resolve_splits(root: Path, csvs: dict, skip_invalid: bool, skipped: list) -> tuple[dict, dict]:
     """Patch names per split: from the CSVs when given (a listed patch absent under ``root`` is
     an error, or skipped), else the official lists restricted to ``root``. Returns
@@ -451,15 +442,12 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
     csvs: {"train"|"val"|"test": path or None}. Invalid items stop the run with InvalidPatch
     (ValueError) naming the file, or with ``skip_invalid`` are warned about, skipped and listed.
     """
-    import signal
     import time
-    from concurrent.futures import ProcessPoolExecutor
-    from contextlib import ExitStack
-    from multiprocessing import get_context
 
     from tqdm import tqdm
 
-    from archives.common import atomic_tfrecord_writer, check_writable, skip_or_raise
+    from archives.common import (check_writable, ordered_map, skip_or_raise, worker_pool,
+                                 write_split_files)
     from archives.noise import check_levels
     from archives.records_meta import write_meta
     from archives.report import PrepReport
@@ -480,17 +468,14 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
     def source(split):
         return csvs.get(split) or f"official {split} list restricted to {root}"
 
-    # workers ignore Ctrl-C: the main process alone handles it (one message, no tracebacks)
-    pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
-            if workers > 1 else None)
+    pool = worker_pool(workers)
     window = max(64, 64 * workers)
     try:
         labels, no_target = {}, 0  # patch -> 19-class names
         for split in SPLITS:
             names = []
             items = [(str(root), p) for p in splits[split]]
-            for patch, names19, err in tqdm(_ordered_map(pool, read_labels_worker, items, window),
+            for patch, names19, err in tqdm(ordered_map(pool, read_labels_worker, items, window),
                                             total=len(items), desc=f"{split} labels",
                                             disable=not progress):
                 if err:
@@ -505,37 +490,21 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
 
         clean_train = np.stack([multi_hot(labels[p]) for p in splits["train"]])
         noisy = {n: inject_noise(clean_train, n, np.random.default_rng([seed, n])) for n in levels}
-        records, written_rows = {}, []
-        # every file is renamed into place only once all splits are written: a run stopped
-        # part-way never leaves this run's train files beside an earlier run's val/test files
-        with ExitStack() as stack:
-            for split in SPLITS:
-                targets = {split: None} if split != "train" else \
-                    {"train": None, **{f"train_noise_prcnt{n}": n for n in levels}}
-                writers = {name: stack.enter_context(
-                    atomic_tfrecord_writer(tf_dir / f"{name}.tfrecord")) for name in targets}
-                items = [(str(root), p, schema) for p in splits[split]]
-                count = 0
-                bar = tqdm(_ordered_map(pool, read_patch_worker, items, window), total=len(items),
-                           desc=f"{split} -> {len(writers)} file(s)", disable=not progress)
-                for row, (patch, bands, err) in enumerate(bar):
-                    if err:
-                        reject(patch, err)
-                        continue
-                    clean = clean_train[row] if split == "train" else multi_hot(labels[patch])
-                    noisy_hots = [clean if n is None else noisy[n][row] for n in targets.values()]
-                    raws = encode_examples(patch, bands, labels[patch], clean, noisy_hots, schema)
-                    for name, raw in zip(targets, raws):
-                        writers[name].write(raw)
-                    count += 1
-                    if split == "train":
-                        written_rows.append(row)
-                if count == 0:  # raised inside the writers' block: no file is left
-                    raise ValueError(f"{source(split)}: {split} split is empty after skipping "
-                                     "invalid items")
-                records[split] = count
-                if split == "train":
-                    records.update({str(n): count for n in levels})
+
+        def encode(split, row, result):
+            patch, bands, err = result
+            if err:
+                reject(patch, err)
+                return None
+            clean = clean_train[row] if split == "train" else multi_hot(labels[patch])
+            noisy_hots = [clean] + ([noisy[n][row] for n in levels] if split == "train" else [])
+            return encode_examples(patch, bands, labels[patch], clean, noisy_hots, schema)
+
+        records, written_rows = write_split_files(
+            tf_dir, SPLITS, levels, items=lambda split: [(str(root), p, schema)
+                                                         for p in splits[split]],
+            worker=read_patch_worker, encode=encode, pool=pool, window=window,
+            progress=progress, source=source)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)

@@ -303,14 +303,7 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
     the map rule's. Invalid items stop the run with a ValueError naming the file, or with
     ``skip_invalid`` are warned about, skipped and listed.
     """
-    import signal
-    from concurrent.futures import ProcessPoolExecutor
-    from contextlib import ExitStack
-    from multiprocessing import get_context
-
-    from tqdm import tqdm
-
-    from archives.common import atomic_tfrecord_writer, check_writable, skip_or_raise
+    from archives.common import check_writable, skip_or_raise, worker_pool, write_split_files
     from archives.noise import check_levels
     from archives.records_meta import write_meta
     from archives.report import PrepReport
@@ -337,56 +330,38 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
         clean_train, n, np.random.default_rng([seed, n, 2])), len(clean_train)) for n in levels}
     map_stats = {n: dict(pairs_changed=0, images_changed=0) for n in levels}
 
-    pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
-            if workers > 1 else None)
+    pool = worker_pool(workers)
     window = max(64, 64 * workers)
-    records, written_rows, unlabelled_px, total_px = {}, [], 0, 0
+    px = {"unlabelled": 0, "total": 0}
+
+    def encode(split, row, result):
+        patch, data, err = result
+        if err:
+            skip_or_raise(InvalidPatch(err), skip_invalid, skipped, layout.s2_dir(patch), err)
+            return None
+        clean = labels[patch]
+        variants = [(clean, clean, None)]
+        for n in (levels if split == "train" else ()):
+            noisy_map, changed = benv2_noise.apply_picks(data["map"], map_picks[n][row])
+            map_noisy = benv2_noise.noisy_multi_hot(clean, noisy_map)
+            map_stats[n]["pairs_changed"] += changed
+            map_stats[n]["images_changed"] += bool((map_noisy != clean).any())
+            variants.append((pair_noisy[n][row], map_noisy, noisy_map))
+        px["unlabelled"] += int((data["map"] < 0).sum())
+        px["total"] += data["map"].size
+        return encode_examples(patch, data, clean, variants)
+
     try:
-        # files are renamed into place only once all splits are written (as for v1)
-        with ExitStack() as stack:
-            for split in SPLITS:
-                targets = {split: None} if split != "train" else \
-                    {"train": None, **{f"train_noise_prcnt{n}": n for n in levels}}
-                writers = {name: stack.enter_context(
-                    atomic_tfrecord_writer(tf_dir / f"{name}.tfrecord")) for name in targets}
-                items = [(str(layout.root), p, s1_names[p], s1_storage) for p in splits[split]]
-                count = 0
-                bar = tqdm(ben._ordered_map(pool, read_patch_worker, items, window),
-                           total=len(items), desc=f"{split} -> {len(writers)} file(s)",
-                           disable=not progress)
-                for row, (patch, data, err) in enumerate(bar):
-                    if err:
-                        skip_or_raise(InvalidPatch(err), skip_invalid, skipped,
-                                      layout.s2_dir(patch), err)
-                        continue
-                    clean = labels[patch]
-                    variants = []
-                    for n in targets.values():
-                        if n is None:
-                            variants.append((clean, clean, None))
-                            continue
-                        noisy_map, changed = benv2_noise.apply_picks(data["map"], map_picks[n][row])
-                        map_noisy = benv2_noise.noisy_multi_hot(clean, noisy_map)
-                        map_stats[n]["pairs_changed"] += changed
-                        map_stats[n]["images_changed"] += bool((map_noisy != clean).any())
-                        variants.append((pair_noisy[n][row], map_noisy, noisy_map))
-                    for name, raw in zip(targets, encode_examples(patch, data, clean, variants)):
-                        writers[name].write(raw)
-                    count += 1
-                    unlabelled_px += int((data["map"] < 0).sum())
-                    total_px += data["map"].size
-                    if split == "train":
-                        written_rows.append(row)
-                if count == 0:  # raised inside the writers' block: no file is left
-                    raise ValueError(f"{source[split]}: {split} split is empty after skipping "
-                                     "invalid items")
-                records[split] = count
-                if split == "train":
-                    records.update({str(n): count for n in levels})
+        records, written_rows = write_split_files(
+            tf_dir, SPLITS, levels,
+            items=lambda split: [(str(layout.root), p, s1_names[p], s1_storage)
+                                 for p in splits[split]],
+            worker=read_patch_worker, encode=encode, pool=pool, window=window,
+            progress=progress, source=lambda split: source[split])
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
+    unlabelled_px, total_px = px["unlabelled"], px["total"]
 
     rows = np.array(written_rows, int)
     kept = clean_train[rows]

@@ -133,3 +133,71 @@ def skip_or_raise(error: Exception, skip_invalid: bool, skipped: list, item, rea
         raise error
     warnings.warn(f"skipped: {error}", stacklevel=3)
     skipped.append({"item": str(item), "reason": reason})
+
+
+def worker_pool(workers: int):
+    """A process pool of ``workers`` (spawned; they ignore Ctrl-C, so that the main process
+    alone reports it, once), or None for one worker."""
+    if workers <= 1:
+        return None
+    import signal
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+
+
+def ordered_map(pool, fn, items: list, window: int):
+    """fn over items in input order, in ``pool`` when given; at most ``window`` items in flight
+    so that a fast reader cannot fill memory ahead of the writer."""
+    for start in range(0, len(items), window):
+        chunk = items[start:start + window]
+        yield from (pool.map(fn, chunk, chunksize=max(1, window // 32)) if pool
+                    else map(fn, chunk))
+
+
+def write_split_files(tf_dir: Path, split_names: Sequence[str], levels: Sequence[int], *,
+                      items: Callable, worker: Callable, encode: Callable, pool, window: int,
+                      progress: bool, source: Callable) -> tuple[dict, list]:
+    """Write ``<split>.tfrecord`` per split and, beside train, ``train_noise_prcnt<N>.tfrecord``
+    per noise level; returns (record counts by file key, the train rows written).
+
+    ``items(split)`` gives the worker arguments of a split's items in order; ``worker`` reads
+    one (in ``pool``) and returns (name, data, error); ``encode(split, row, result)`` returns the
+    serialised examples for the split's files (clean first, then the levels in order), or None
+    when the item was skipped. No file is renamed into place before every split is written, so
+    a stopped run never leaves this run's train files beside an earlier run's val/test files.
+    """
+    from contextlib import ExitStack
+
+    from tqdm import tqdm
+
+    records, written_rows = {}, []
+    with ExitStack() as stack:
+        for split in split_names:
+            names = [split]
+            if split == "train":
+                names += [f"train_noise_prcnt{n}" for n in levels]
+            writers = [stack.enter_context(atomic_tfrecord_writer(tf_dir / f"{name}.tfrecord"))
+                       for name in names]
+            split_items = items(split)
+            count = 0
+            for row, result in enumerate(tqdm(
+                    ordered_map(pool, worker, split_items, window), total=len(split_items),
+                    desc=f"{split} -> {len(writers)} file(s)", disable=not progress)):
+                raws = encode(split, row, result)
+                if raws is None:
+                    continue
+                for writer, raw in zip(writers, raws, strict=True):
+                    writer.write(raw)
+                count += 1
+                if split == "train":
+                    written_rows.append(row)
+            if count == 0:  # raised inside the writers' block: no file is left
+                raise ValueError(f"{source(split)}: {split} split is empty after skipping "
+                                 "invalid items")
+            records[split] = count
+            if split == "train":
+                records.update({str(n): count for n in levels})
+    return records, written_rows

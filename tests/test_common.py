@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from atomic_files import atomic_path
 from archives.common import (atomic_tfrecord_writer, bytes_feature, example_keys,
-                             float_feature, records_dataset, skip_or_raise)
+                             float_feature, ordered_map, records_dataset, skip_or_raise,
+                             write_split_files)
 
 
 @pytest.mark.parametrize("n", [0, 1, 17, 127, 128, 16384, 196608])
@@ -89,3 +90,44 @@ def test_skip_or_raise(tmp_path):
     with pytest.warns(UserWarning, match="skipped: x.tif: broken"):
         skip_or_raise(err, True, skipped, tmp_path / "x", "broken")
     assert skipped == [{"item": str(tmp_path / "x"), "reason": "broken"}]
+
+
+def test_ordered_map_keeps_input_order_across_windows():
+    assert list(ordered_map(None, lambda x: x * x, list(range(10)), 3)) == [x * x for x in range(10)]
+
+
+def _names(path):
+    return [tf.train.Example.FromString(r.numpy()).features.feature["name"].bytes_list.value[0]
+            .decode() for r in tf.data.TFRecordDataset(str(path))]
+
+
+def _split_items(splits):
+    def encode(split, row, result):
+        name, data, err = result
+        if err:
+            return None  # skipped
+        raw = tf.train.Example(features=tf.train.Features(feature={
+            "name": bytes_feature(f"{name}@{data}")})).SerializeToString()
+        return [raw] * (3 if split == "train" else 1)  # train: clean + two noise levels
+    return dict(items=lambda split: splits[split], encode=encode,
+                worker=lambda item: (item, item.upper(), "bad" if item.startswith("x") else None),
+                pool=None, window=2, progress=False, source=lambda split: f"list:{split}")
+
+
+def test_write_split_files_writes_noisy_files_beside_train_and_skips(tmp_path):
+    splits = {"train": ["a", "xb", "c"], "val": ["d"], "test": ["e", "f"]}
+    records, rows = write_split_files(tmp_path, ("train", "val", "test"), (10, 50),
+                                      **_split_items(splits))
+    assert records == {"train": 2, "10": 2, "50": 2, "val": 1, "test": 2}
+    assert rows == [0, 2]  # the skipped item's row is not among the written train rows
+    for name in ("train", "train_noise_prcnt10", "train_noise_prcnt50"):
+        assert _names(tmp_path / f"{name}.tfrecord") == ["a@A", "c@C"]
+    assert _names(tmp_path / "test.tfrecord") == ["e@E", "f@F"]
+
+
+def test_write_split_files_publishes_nothing_when_a_split_ends_empty(tmp_path):
+    splits = {"train": ["a"], "val": ["xd"], "test": ["e"]}
+    with pytest.raises(ValueError, match="list:val: val split is empty after skipping"):
+        write_split_files(tmp_path, ("train", "val", "test"), (10, 50),
+                          **_split_items(splits))
+    assert list(tmp_path.iterdir()) == []
