@@ -78,13 +78,6 @@ def _bad(*keys: str) -> bool:
     return bool(_failed_keys(_PROBLEMS.get() or []) & set(keys))
 
 
-def archive_constant(dataset: str, name: str):
-    """``name`` (NB_CLASS, MODEL_INPUT_SHAPE, NOISE_LEVELS) of a registered archive."""
-    info = registry.get(dataset)
-    return {"NB_CLASS": info.nb_class, "MODEL_INPUT_SHAPE": info.model_input_shape,
-            "NOISE_LEVELS": info.noise_levels}[name]
-
-
 def _suggest(key: str, valid) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
