@@ -172,6 +172,7 @@ class Config:
     seed: int = 0
     kl_weight: float = 1.0
     strategy: str = "default"
+    jit_compile: bool = False  # XLA-compile the training and evaluation steps (GRID/baselines)
     # MiLaN (SPEC 8) and deep features (SPEC 9)
     hash_bits: int = 32
     train_backbone: bool = False
@@ -416,6 +417,16 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     if not _bad("model_name", "strategy") and model in HASH_MODELS + FEATURE_MODELS and \
             out["strategy"] != "default":
         _fail(f"strategy: {model} runs on one device; use 'default', got {out['strategy']!r}")
+    if not isinstance(d["jit_compile"], bool):
+        _fail(f"jit_compile: expected true or false, got "
+              f"{_type_name(d['jit_compile'])} {d['jit_compile']!r}")
+    elif d["jit_compile"] and not _bad("model_name", "strategy"):
+        if model not in GRID_MODELS + BASELINE_MODELS:
+            _fail(f"jit_compile: XLA steps are offered for the GRID variants and their "
+                  f"baselines, not {model!r}; use false")
+        elif out["strategy"] != "default":
+            _fail(f"jit_compile: XLA steps run on one device; use strategy 'default', "
+                  f"got {out['strategy']!r}")
     if not _bad("model_name", "batch_size") and model in HASH_MODELS and out["batch_size"] % 3:
         _fail(f"batch_size: MiLaN batches hold triplets (anchor, positive, negative); "
               f"use a multiple of 3, got {out['batch_size']}")

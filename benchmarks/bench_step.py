@@ -2,13 +2,14 @@
 GRID step run eagerly with three apply_gradients calls, as the published code did.
 
     .venv/bin/python benchmarks/bench_step.py [--model GRID-BCE] [--backbone small_cnn]
-        [--batch 16] [--size 64] [--steps 5] [--repeat 3] [--eager-steps 2] [--no-eager]
+        [--batch 16] [--size 64] [--steps 5] [--repeat 3] [--eager-steps 2] [--no-eager] [--xla]
 
 Defaults (small_cnn) take ~20 s on 2 shared cores; ``--backbone densenet121 --batch 8
 --size 64 --steps 2 --repeat 2`` takes ~2.5 min there (mostly tracing and the eager steps).
 
 Prints milliseconds per step (best of --repeat timings of --steps steps) and the ratios
-(target: GRID / baseline <= 1.3).
+(target: GRID / baseline <= 1.3). ``--xla`` adds the same GRID and baseline steps compiled with
+XLA (config ``jit_compile``) and their ratios to the plain compiled steps.
 """
 import argparse
 import os
@@ -25,8 +26,8 @@ import tensorflow as tf  # noqa: E402
 from models import build_model, make_train_step  # noqa: E402
 
 
-def make_cfg(model, backbone, size, nb_class):
-    return types.SimpleNamespace(
+def make_cfg(model, backbone, size, nb_class, jit=False):
+    return types.SimpleNamespace(jit_compile=jit,
         model_name=model, dataset="DLRSD", nb_class=nb_class,
         out_size=nb_class * (nb_class + 1) // 2, input_shape=(size, size, 3), backbone=backbone,
         weights=None, embed_dim=128, noisy_sel_prcnt=10, kl_weight=1.0, seed=0,
@@ -94,14 +95,19 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--eager-steps", type=int, default=2)
     ap.add_argument("--no-eager", action="store_true", help="skip the eager comparison")
+    ap.add_argument("--xla", action="store_true", help="also time XLA-compiled steps")
     a = ap.parse_args()
     batch = make_batch(a.batch, a.size, a.classes)
     compiled, eager = {}, {}
-    for name in (a.model[5:], a.model):
-        cfg = make_cfg(name, a.backbone, a.size, a.classes)
+    variants = [(n, False) for n in (a.model[5:], a.model)]
+    variants += [(n, True) for n in (a.model[5:], a.model)] if a.xla else []
+    for name, jit in variants:
+        cfg = make_cfg(name, a.backbone, a.size, a.classes, jit)
         keras.utils.set_random_seed(0)
         model = build_model(cfg)
-        compiled[name] = make_train_step(model, keras.optimizers.Adam(1e-3), cfg)
+        compiled[name + " XLA" * jit] = make_train_step(model, keras.optimizers.Adam(1e-3), cfg)
+        if jit:
+            continue
         if name == a.model and not a.no_eager:
             opt = keras.optimizers.Adam(1e-3)
             opt.build(model.trainable_variables)
@@ -115,6 +121,9 @@ def main():
     print(f"compiled GRID step     : {times[a.model]:9.1f} ms")
     print(f"compiled baseline step : {times[a.model[5:]]:9.1f} ms   "
           f"GRID / baseline = {times[a.model] / times[a.model[5:]]:.2f} (target <= 1.3)")
+    for name in (a.model, a.model[5:]) if a.xla else ():
+        print(f"XLA {name:>8} step      : {times[name + ' XLA']:9.1f} ms   "
+              f"plain / XLA = {times[name] / times[name + ' XLA']:.2f}")
     if "eager" in times:
         print(f"eager GRID step, 3x apply_gradients: {times['eager']:9.1f} ms   "
               f"eager / compiled = {times['eager'] / times[a.model]:.2f}")

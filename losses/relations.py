@@ -113,12 +113,16 @@ def relations_from_stats(share, com, present, diag_norm):
     return tf.gather(tf.reshape(w, [-1, C * C]), flat_idx, axis=1)
 
 
-def relation_targets_tf(seg_maps, nb_class):
+def relation_targets_tf(seg_maps, nb_class, static: bool = False):
     """In-graph twin of ``relation_targets`` (same row-run algorithm, no one-hot).
 
     seg_maps: int tensor (B, H, W) with static H, W; -1 = unlabelled -> float32 (B, C(C+1)/2).
-    Class ids are assumed to lie in [-1, nb_class) (not checked in-graph).
+    Class ids are assumed to lie in [-1, nb_class) (not checked in-graph). ``static``: sum per
+    pixel instead of per row run, so that every shape is static (XLA compiles the row runs'
+    data-dependent shapes wrongly on CPU); same result, slower without XLA.
     """
+    if static:
+        return _relation_targets_per_pixel(seg_maps, nb_class)
     maps = tf.cast(tf.convert_to_tensor(seg_maps), tf.int32)
     H, W = int(maps.shape[1]), int(maps.shape[2])
     C = int(nb_class)
@@ -147,3 +151,24 @@ def relation_targets_tf(seg_maps, nb_class):
     share = counts / float(H * W)
     diag_norm = float(np.hypot(H - 1, W - 1))
     return tf.cast(relations_from_stats(share, com, present, diag_norm), tf.float32)
+
+
+def _relation_targets_per_pixel(seg_maps, nb_class):
+    """``relation_targets_tf`` with static shapes: pixel counts and coordinate sums per
+    (image, class) by one segment sum over all pixels (unlabelled pixels go to a spare bin)."""
+    maps = tf.cast(tf.convert_to_tensor(seg_maps), tf.int32)
+    H, W = int(maps.shape[1]), int(maps.shape[2])
+    C = int(nb_class)
+    B = tf.shape(maps)[0]
+    bins = tf.where(maps >= 0, tf.range(B)[:, None, None] * C + maps, B * C)
+    zeros = tf.zeros(tf.shape(maps), tf.float64)
+    r = zeros + tf.range(H, dtype=tf.float64)[None, :, None]
+    c = zeros + tf.range(W, dtype=tf.float64)[None, None, :]
+    data = tf.reshape(tf.stack([zeros + 1.0, r, c], axis=-1), [-1, 3])
+    sums = tf.math.unsorted_segment_sum(data, tf.reshape(bins, [-1]), B * C + 1)
+    sums = tf.reshape(sums[:-1], [B, C, 3])
+    counts = sums[..., 0]
+    com = sums[..., 1:] / tf.maximum(counts, 1.0)[..., None]
+    diag_norm = float(np.hypot(H - 1, W - 1))
+    return tf.cast(relations_from_stats(counts / float(H * W), com, counts > 0, diag_norm),
+                   tf.float32)

@@ -23,6 +23,7 @@ class ModelConfig:
     kl_weight: float = 1.0
     hash_bits: int = 32                # MiLaN code length
     train_backbone: bool = False       # MiLaN: fine-tune the backbone too
+    jit_compile: bool = False          # XLA steps (static-shape relation targets for RRL)
 
     @property
     def out_size(self) -> int:

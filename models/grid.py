@@ -70,6 +70,7 @@ class GridModel:
             self.latent = keras.Model(inp, _dense_or_conv(2 * E, self.pooled, None, "latent")(inp),
                                       name="latent")
             z_shape = (E,) if self.pooled else fmap_shape[:-1] + (E,)
+            self.z_shape = tuple(int(d) for d in z_shape)  # per sample: (E,) or (h, w, E)
             zin = keras.Input(shape=z_shape, name="decoder_in")
             self.decoder = keras.Model(
                 zin, _dense_or_conv(self.feature_dim, self.pooled, "relu", "decoder")(zin),
@@ -93,27 +94,32 @@ class GridModel:
             seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(replica_id, tf.int64))
         return seed
 
-    def forward(self, images, training=False, seed=None):
+    @staticmethod
+    def draw_eps(shape, seed):
+        """eps ~ N(0, 1) of ``shape`` from a stateless seed (TF's kernel, outside XLA too)."""
+        return tf.random.stateless_normal(shape, seed, dtype=tf.float32)
+
+    def forward(self, images, training=False, seed=None, eps=None):
         """Forward pass -> dict: feature, dis (discriminative output) and, for GRID, mu, std, z,
         decoded, gen. seed: (2,) int stateless seed for eps ~ N(0, 1) per sample and element;
-        None gives z = mu (evaluation)."""
+        ``eps`` (B, E): the draw itself, made outside (XLA steps); neither gives z = mu."""
         fmap = self.backbone(images, training=training)
         feat = self.pool(fmap) if self.pooled else fmap
         out = {"feature": feat, "dis": self.dis_head(feat, training=training)}
         if self.is_grid:
             mu, rho = tf.split(self.latent(feat, training=training), 2, axis=-1)
             std = tf.math.softplus(rho)
-            if seed is None:
-                z = mu
-            else:
-                z = mu + std * tf.random.stateless_normal(tf.shape(mu), seed, dtype=mu.dtype)
+            if eps is None and seed is not None:
+                eps = self.draw_eps(tf.shape(mu), seed)
+            z = mu if eps is None else mu + std * tf.cast(eps, mu.dtype)
             out.update(mu=mu, std=std, z=z, decoded=self.decoder(z, training=training),
                        gen=self.gen_head(z, training=training))
         return out
 
     def per_sample_losses(self, batch, training=False, seed=None):
-        """Per-sample losses (B,) of one batch: dis, and for GRID gen, recon, kl, noisy (mask)."""
-        out = self.forward(batch["image"], training=training, seed=seed)
+        """Per-sample losses (B,) of one batch: dis, and for GRID gen, recon, kl, noisy (mask).
+        A batch key ``_eps`` (drawn outside an XLA step) replaces the draw from ``seed``."""
+        out = self.forward(batch["image"], training=training, seed=seed, eps=batch.get("_eps"))
         target = self.variant.targets(batch, self.cfg)
         res = {"dis": self.variant.loss_per_sample(target, out["dis"])}
         if self.is_grid:
@@ -219,7 +225,28 @@ def make_train_step(model, optimizer, cfg, strategy=None):
         optimizer.apply_gradients(zip(grads, variables))
         return _metrics(model, obj, res, batch)
 
-    return tf.function(_distribute(replica_step, strategy))
+    def draw_eps(batch):  # XLA's random kernels differ from TF's: draw eps outside, same values
+        shape = tf.stack([tf.shape(batch["image"])[0], *model.z_shape])
+        return model.draw_eps(shape, model.noise_seed(optimizer.iterations))
+
+    return _compile(_distribute(replica_step, strategy), cfg,
+                    draw_eps if model.is_grid else None)
+
+
+def _compile(fn, cfg, draw_eps=None):
+    """``tf.function(fn)``; with the config's ``jit_compile`` an XLA-compiled ``fn`` inside a
+    plain tf.function that drops the batch's string tensors (patch names: XLA has no string
+    type, and no step reads them) and adds ``_eps`` from ``draw_eps(batch)`` when given."""
+    if not getattr(cfg, "jit_compile", False):
+        return tf.function(fn)
+    compiled = tf.function(fn, jit_compile=True)
+
+    def outer(batch):
+        batch = {k: v for k, v in batch.items() if v.dtype != tf.string}
+        if draw_eps is not None:
+            batch["_eps"] = draw_eps(batch)
+        return compiled(batch)
+    return tf.function(outer)
 
 
 def make_eval_step(model, cfg, strategy=None):
@@ -231,4 +258,4 @@ def make_eval_step(model, cfg, strategy=None):
         res = model.per_sample_losses(batch, training=False, seed=None)
         return _metrics(model, _objectives(model, res, global_b, kl_weight), res, batch)
 
-    return tf.function(_distribute(replica_step, strategy))
+    return _compile(_distribute(replica_step, strategy), cfg)

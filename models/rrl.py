@@ -17,8 +17,10 @@ def build_head(in_shape, cfg, name):
 
 
 def targets(batch, cfg):
-    """Relation targets from the (cropped) noisy pixel map, computed in-graph: (B, out_size)."""
-    return relation_targets_tf(batch["noisy_seg_map"], cfg.nb_class)
+    """Relation targets from the (cropped) noisy pixel map, computed in-graph: (B, out_size).
+    XLA steps use the static-shape form (the row-run form has data-dependent shapes)."""
+    return relation_targets_tf(batch["noisy_seg_map"], cfg.nb_class,
+                               static=bool(getattr(cfg, "jit_compile", False)))
 
 
 def loss_per_sample(target, output):

@@ -222,3 +222,12 @@ def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
     dead_dir.mkdir()
     assert sorted(remove_stale_temps(tmp_path)) == sorted([dead, dead_dir])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tmp-1.h5", "c.tfrecord"]
+
+
+def test_jit_compile_is_a_bool_for_grid_and_baselines_on_one_device():
+    assert Config.from_dict(base(jit_compile=True)).jit_compile is True
+    assert Config.from_dict(base(model_name="RRL", jit_compile=True)).jit_compile
+    assert error(jit_compile="yes").startswith("jit_compile: expected true or false")
+    assert "not 'SAT'" in error(model_name="SAT", jit_compile=True)
+    assert error(jit_compile=True, strategy="mirrored").startswith(
+        "jit_compile: XLA steps run on one device")

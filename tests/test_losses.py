@@ -63,6 +63,10 @@ def test_relations_tf_twin_equals_numpy():
     graph = tf.function(lambda m: relation_targets_tf(m, 6),
                         input_signature=[tf.TensorSpec([None, 13, 9], tf.int32)])
     np.testing.assert_allclose(graph(maps).numpy(), ref, atol=1e-5)
+    # the static-shape form (XLA steps), eager and XLA-compiled
+    np.testing.assert_allclose(relation_targets_tf(maps, 6, static=True).numpy(), ref, atol=1e-5)
+    xla = tf.function(lambda m: relation_targets_tf(m, 6, static=True), jit_compile=True)
+    np.testing.assert_allclose(xla(maps).numpy(), ref, atol=1e-5)
 
 
 # ---------------------------------------------------------------- task losses

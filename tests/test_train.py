@@ -161,6 +161,15 @@ def test_other_variants_train_end_to_end(model_name, records, tmp_path):
     check_outputs(cfg, grid=model_name.startswith("GRID"))
 
 
+def test_xla_steps_train_end_to_end(records, tmp_path):
+    """jit_compile: the pipeline's batches (patch names dropped) through XLA train/eval steps."""
+    cfg = make_cfg(records, tmp_path, model_name="GRID-RRL", jit_compile=True)
+    result = training.train(cfg, show_progress=False)
+    assert result.completed and all(np.isfinite(v) for v in result.val_metrics.values())
+    check_outputs(cfg, grid=True)
+    assert json.loads(cfg.config_dump_path.read_text())["jit_compile"] is True
+
+
 def test_no_validation_files_trains_and_skips_validation(records, tmp_path):
     """val_tfrecord_paths is optional (default empty): no crash after the epoch, no val scalars."""
     cfg = make_cfg(records, tmp_path, model_name="BCE", val_tfrecord_paths=[])
