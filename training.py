@@ -27,6 +27,7 @@ from tqdm import tqdm
 import run_guard
 from atomic_files import atomic_path, remove_stale_temps, write_json_atomic
 from config import Config, ConfigError
+from models.grid import mean_metrics
 from run_guard import RunError
 
 MAX_CHECKPOINTS = 3
@@ -144,7 +145,8 @@ def _weights_finite(variables) -> bool:
 def _write_scalars(writer, prefix: str, values: Mapping[str, float], step: int) -> None:
     with writer.as_default(step=step):
         for key, value in values.items():
-            tf.summary.scalar(f"{prefix}/{key}", value)
+            if not key.startswith("_"):  # selection counts: pooled into the ratios, not logged
+                tf.summary.scalar(f"{prefix}/{key}", value)
 
 
 def save_feature_model(model: keras.Model, path: Path) -> None:
@@ -165,10 +167,10 @@ def evaluate(eval_step: Callable, cfg: Config, paths) -> dict[str, float]:
     for batch in make_dataset(list(paths), cfg.archive, training=False,
                               batch_size=cfg.batch_size, seed=cfg.seed):
         n = int(batch["label"].shape[0])
-        for key, value in eval_step(batch).items():
-            sums[key] = sums.get(key, 0.0) + float(value) * n
+        for key, value in eval_step(batch).items():  # counts are summed, losses weighted
+            sums[key] = sums.get(key, 0.0) + float(value) * (1 if key.startswith("_") else n)
         count += n
-    return {k: v / count for k, v in sums.items()} if count else {}
+    return mean_metrics(sums, count) if count else {}
 
 
 # ---- the loop -----------------------------------------------------------------------------
@@ -342,7 +344,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
                 _save_on_interrupt(run, epoch_start_iter, elapsed(), "stopped by a damaged file")
                 raise named from None
             n_batches = steps + skip
-            epoch_means = {k: v / steps for k, v in sums.items()} if steps else {}
+            epoch_means = mean_metrics(sums, steps) if steps else {}
             run.epoch.assign(epoch + 1)
             run.step_in_epoch.assign(0)
             epoch_start_iter = None

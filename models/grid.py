@@ -165,13 +165,31 @@ def _metrics(model, obj, res, batch):
     return m
 
 
+# step outputs: selected and corrupted, selected, corrupted (summed over steps by mean_metrics)
+SELECTION_COUNTS = ("_tp", "_nsel", "_ncorr")
+
+
 def _finish(metrics):
-    """Turn selection counts into precision (0 when nothing selected) and recall (0 when no
-    sample is corrupted)."""
-    out = {k: v for k, v in metrics.items() if not k.startswith("_")}
+    """Add the step's selection precision (0 when nothing selected) and recall (0 when no
+    sample is corrupted); the counts stay in the output (keys starting with "_") so that many
+    steps can be pooled by ``mean_metrics``."""
+    out = dict(metrics)
     if "_tp" in metrics:
         out["sel_precision"] = tf.math.divide_no_nan(metrics["_tp"], metrics["_nsel"])
         out["sel_recall"] = tf.math.divide_no_nan(metrics["_tp"], metrics["_ncorr"])
+    return out
+
+
+def mean_metrics(sums, weight) -> dict:
+    """Metrics of many steps from the sums of their outputs: losses are ``sums[k] / weight``;
+    selection precision and recall are pooled from the summed counts (sum of selected and
+    corrupted / sum of selected, / sum of corrupted). A mean of per-step ratios would count a
+    step that selects nothing (a short last batch) as precision 0."""
+    out = {k: v / weight for k, v in sums.items() if not k.startswith("_")}
+    if "_tp" in sums:
+        tp, nsel, ncorr = (float(sums[k]) for k in SELECTION_COUNTS)
+        out["sel_precision"] = tp / nsel if nsel else 0.0
+        out["sel_recall"] = tp / ncorr if ncorr else 0.0
     return out
 
 

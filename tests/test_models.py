@@ -140,7 +140,7 @@ def test_grid_step_updates_each_group_from_its_own_loss(name):
     step(batch)
     assert int(opt.iterations) == 2
     assert set(out) == {"dis_loss", "gen_loss", "recon_loss", "kl_loss", "hybrid_loss", "loss",
-                        "sel_precision", "sel_recall"}
+                        "sel_precision", "sel_recall", "_tp", "_nsel", "_ncorr"}
 
 
 def test_selection_metrics_of_the_step():
@@ -401,3 +401,20 @@ def test_xla_steps_equal_the_plain_steps(name):
         assert any(o["sel_recall"] > 0 for o in plain[:3])  # a selection found noisy samples
     for a, b in zip(w_plain, w_xla, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_mean_metrics_pools_selection_counts():
+    """Three steps: 3 of 3 selected are corrupted (28 corrupted), 3 of 3 (27), nothing selected
+    in a short last batch (5 corrupted). Pooled precision 6/6 = 1 (the mean of the per-step
+    ratios would be 2/3), recall 6/60; losses are plain means."""
+    from models.grid import mean_metrics
+
+    steps = [dict(loss=1.0, _tp=3, _nsel=3, _ncorr=28, sel_precision=1.0, sel_recall=3 / 28),
+             dict(loss=2.0, _tp=3, _nsel=3, _ncorr=27, sel_precision=1.0, sel_recall=3 / 27),
+             dict(loss=3.0, _tp=0, _nsel=0, _ncorr=5, sel_precision=0.0, sel_recall=0.0)]
+    sums = {k: sum(s[k] for s in steps) for k in steps[0]}
+    out = mean_metrics(sums, len(steps))
+    assert out == {"loss": 2.0, "sel_precision": 1.0, "sel_recall": 0.1}
+    assert mean_metrics({"loss": 4.0}, 2) == {"loss": 2.0}  # baselines: no selection
+    assert mean_metrics({"_tp": 0, "_nsel": 0, "_ncorr": 0}, 1) == {"sel_precision": 0.0,
+                                                                    "sel_recall": 0.0}

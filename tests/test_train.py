@@ -170,6 +170,21 @@ def test_xla_steps_train_end_to_end(records, tmp_path):
     assert json.loads(cfg.config_dump_path.read_text())["jit_compile"] is True
 
 
+def test_validation_pools_selection_counts_over_batches(records, tmp_path):
+    """Validation (4 records, batch 3: batches of 3 and 1): losses are sample-weighted means,
+    selection precision/recall come from the summed counts, not from per-batch ratios."""
+    cfg = make_cfg(records, tmp_path, batch_size=3)
+
+    def fake_step(batch):
+        n = int(batch["label"].shape[0])
+        sel = 1 if n == 3 else 0  # the short batch selects nothing
+        return {"loss": float(n), "_tp": sel, "_nsel": sel, "_ncorr": 2,
+                "sel_precision": float(sel), "sel_recall": sel / 2}
+
+    out = training.evaluate(fake_step, cfg, cfg.val_tfrecord_paths)
+    assert out == {"loss": (3 * 3 + 1 * 1) / 4, "sel_precision": 1.0, "sel_recall": 0.25}
+
+
 def test_no_validation_files_trains_and_skips_validation(records, tmp_path):
     """val_tfrecord_paths is optional (default empty): no crash after the epoch, no val scalars."""
     cfg = make_cfg(records, tmp_path, model_name="BCE", val_tfrecord_paths=[])
