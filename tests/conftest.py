@@ -4,12 +4,20 @@ The sample archives and the tiny training records are built once per session (th
 of many tests). Tests that start a Python subprocess are marked ``slow``: ``pytest -m "not slow"``
 skips them while iterating; ``make test`` runs everything.
 """
+import signal
 from pathlib import Path
 
 import pytest
 import tensorflow as tf
 
 N_TRAIN, N_EVAL = 8, 4  # tiny training records: 2 steps per epoch at batch size 4
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a subprocess that a test interrupts with SIGINT: a shell that runs the
+    suite in the background starts it with SIGINT ignored, which every child inherits (Python
+    then installs no KeyboardInterrupt handler); a user's Ctrl-C reaches a default handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _copy_records(src: Path, dst: Path, n: int) -> None:

@@ -15,6 +15,7 @@ import tensorflow as tf
 import prep_BEN_noisy
 import prep_DLRSD_noisy
 from archives import ben
+from conftest import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,7 @@ def test_real_ctrl_c_during_dlrsd_prep(dlrsd_sample, tmp_path):
         [sys.executable, "prep_DLRSD_noisy.py", "-r_dlrsd", str(dlrsd_sample / "DLRSD"),
          "-r_ucm", str(dlrsd_sample / "UCMerced_LandUse"), "-o", str(out), "--quiet"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if list((out / "TFRecord").glob("*.tmp-*")):  # writing has begun

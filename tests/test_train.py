@@ -16,6 +16,7 @@ import tensorflow as tf
 import training
 import train as train_cli
 from config import Config
+from conftest import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 4  # 2 steps per epoch on conftest's 8 training records
@@ -270,7 +271,8 @@ def test_real_ctrl_c_saves_a_checkpoint(records, tmp_path):
     path.write_text(json.dumps(cfg.to_dict()))
     proc = subprocess.Popen([sys.executable, "train.py", str(path), "--no-progress"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                            preexec_fn=default_sigint)
     out = []
     for line in proc.stdout:
         out.append(line)
