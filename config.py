@@ -116,6 +116,12 @@ def _check_str(key: str, value) -> str:
     return value
 
 
+def _check_bool(key: str, value) -> bool:
+    if not isinstance(value, bool):
+        return _fail(f"{key}: expected true or false, got {_type_name(value)} {value!r}", value)
+    return value
+
+
 def _check_choice(key: str, value, choices) -> str:
     value = _check_str(key, value)
     if isinstance(value, str) and value not in choices:
@@ -417,10 +423,8 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     if not _bad("model_name", "strategy") and model in HASH_MODELS + FEATURE_MODELS and \
             out["strategy"] != "default":
         _fail(f"strategy: {model} runs on one device; use 'default', got {out['strategy']!r}")
-    if not isinstance(d["jit_compile"], bool):
-        _fail(f"jit_compile: expected true or false, got "
-              f"{_type_name(d['jit_compile'])} {d['jit_compile']!r}")
-    elif d["jit_compile"] and not _bad("model_name", "strategy"):
+    out["jit_compile"] = _check_bool("jit_compile", d["jit_compile"])
+    if out["jit_compile"] is True and not _bad("model_name", "strategy"):
         if model not in GRID_MODELS + BASELINE_MODELS:
             _fail(f"jit_compile: XLA steps are offered for the GRID variants and their "
                   f"baselines, not {model!r}; use false")
@@ -459,8 +463,6 @@ def _validate_milan_keys(d: dict[str, Any], out: dict[str, Any]) -> None:
     if not _bad("hash_bits") and out["hash_bits"] % 8:
         _fail(f"hash_bits: codes are stored as packed bytes; use a multiple of 8, "
               f"got {out['hash_bits']}")
-    if not isinstance(d["train_backbone"], bool):
-        _fail(f"train_backbone: expected true or false, got "
-              f"{_type_name(d['train_backbone'])} {d['train_backbone']!r}")
+    out["train_backbone"] = _check_bool("train_backbone", d["train_backbone"])
     out["triplet_labels"] = _check_choice("triplet_labels", d["triplet_labels"], TRIPLET_LABELS)
     out["feature_layer"] = _check_choice("feature_layer", d["feature_layer"], FEATURE_LAYERS)
