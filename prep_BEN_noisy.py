@@ -41,11 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    v2 = {}
 
     def prepare():
         if benv2_layout.detect_layout(args.root_folder) == "v2":
-            v2["yes"] = True
             return _prepare_v2(args)
         if args.s1_storage:
             raise prep_cli.PrepError(f"{args.root_folder}: --s1-storage applies to BigEarthNet "
@@ -57,7 +55,7 @@ def main(argv=None) -> int:
             workers=args.workers, skip_invalid=args.skip_invalid, progress=not args.quiet)
 
     def notes(report):
-        if v2:
+        if report.extra.get("layout") == "v2":
             from archives import benv2
             return benv2.summary_lines(report)
         absent = report.extra["listed_but_absent"]

@@ -361,7 +361,6 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
-    unlabelled_px, total_px = px["unlabelled"], px["total"]
 
     rows = np.array(written_rows, int)
     kept = clean_train[rows]
@@ -387,7 +386,7 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
         flagged_rows_left_out=meta.left_out,
         csv_names_via_s2v1_name=via_v1,
         patches_with_s2v1_name=sum(v is not None for v in meta.s2v1_names),
-        unlabelled_pixel_share=unlabelled_px / total_px if total_px else 0.0,
+        unlabelled_pixel_share=px["unlabelled"] / px["total"] if px["total"] else 0.0,
         patches_without_19_class_label=int(no_target))
     report.time_s = round(time.time() - start, 3)
     report.save(tf_dir / REPORT_NAME)

@@ -102,7 +102,7 @@ class GridModel:
     def forward(self, images, training=False, seed=None, eps=None):
         """Forward pass -> dict: feature, dis (discriminative output) and, for GRID, mu, std, z,
         decoded, gen. seed: (2,) int stateless seed for eps ~ N(0, 1) per sample and element;
-        ``eps`` (B, E): the draw itself, made outside (XLA steps); neither gives z = mu."""
+        ``eps`` (mu's shape): the draw itself, made outside (XLA steps); neither gives z = mu."""
         fmap = self.backbone(images, training=training)
         feat = self.pool(fmap) if self.pooled else fmap
         out = {"feature": feat, "dis": self.dis_head(feat, training=training)}
