@@ -13,6 +13,21 @@ import tensorflow as tf
 N_TRAIN, N_EVAL = 8, 4  # tiny training records: 2 steps per epoch at batch size 4
 
 
+def run_config(records: Path, out: Path, **kw):
+    """A validated small training Config on ``records`` (train/val/test.tfrecord), writing
+    under ``out``; keyword arguments override the defaults (GRID-BCE, DLRSD, small_cnn)."""
+    from config import Config
+
+    d = dict(model_name="GRID-BCE", dataset="DLRSD", backbone="small_cnn", embed_dim=8,
+             batch_size=4, nb_epoch=1, noise_prcnt=50, noisy_sel_prcnt=25, seed=3,
+             train_tfrecord_paths=str(records / "train.tfrecord"),
+             val_tfrecord_paths=str(records / "val.tfrecord"),
+             test_tfrecord_paths=str(records / "test.tfrecord"),
+             dumps={k: str(out / k) for k in ("model_weights", "summaries", "configs", "features")})
+    d.update(kw)
+    return Config.from_dict(d)
+
+
 def default_sigint() -> None:
     """``preexec_fn`` for a subprocess that a test interrupts with SIGINT: a shell that runs the
     suite in the background starts it with SIGINT ignored, which every child inherits (Python

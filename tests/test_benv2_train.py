@@ -17,6 +17,7 @@ import training
 from archives import benv2, sample_benv2
 from archives.pipeline import make_dataset
 from config import Config, ConfigError
+from conftest import run_config
 
 N_PATCHES = 150  # 30 test patches: NDCG@30, BigEarthNet's headline, needs K >= 30
 NOISE = 50
@@ -42,14 +43,8 @@ def records(tmp_path_factory):
 
 
 def make_cfg(records: Path, out: Path, **kw) -> Config:
-    d = dict(model_name="GRID-BCE", dataset="BENv2", backbone="small_cnn", embed_dim=8,
-             batch_size=16, nb_epoch=1, noise_prcnt=NOISE, noisy_sel_prcnt=25, seed=3,
-             train_tfrecord_paths=str(records / "train.tfrecord"),
-             val_tfrecord_paths=str(records / "val.tfrecord"),
-             test_tfrecord_paths=str(records / "test.tfrecord"),
-             dumps={k: str(out / k) for k in ("model_weights", "summaries", "configs", "features")})
-    d.update(kw)
-    return Config.from_dict(d)
+    return run_config(records, out, **{"dataset": "BENv2", "batch_size": 16,
+                                       "noise_prcnt": NOISE, **kw})
 
 
 def _first(ds, key):

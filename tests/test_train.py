@@ -16,7 +16,7 @@ import tensorflow as tf
 import training
 import train as train_cli
 from config import Config
-from conftest import default_sigint
+from conftest import default_sigint, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 4  # 2 steps per epoch on conftest's 8 training records
@@ -27,14 +27,7 @@ VAL_TAGS = {"val/dis_loss", "val/loss", "epoch_train/loss"}
 
 
 def make_cfg(records: Path, out: Path, **kw) -> Config:
-    d = dict(model_name="GRID-BCE", dataset="DLRSD", backbone="small_cnn", embed_dim=8,
-             batch_size=BATCH, nb_epoch=1, noise_prcnt=50, noisy_sel_prcnt=25, seed=3,
-             train_tfrecord_paths=str(records / "train.tfrecord"),
-             val_tfrecord_paths=str(records / "val.tfrecord"),
-             test_tfrecord_paths=str(records / "test.tfrecord"),
-             dumps={k: str(out / k) for k in ("model_weights", "summaries", "configs", "features")})
-    d.update(kw)
-    return Config.from_dict(d)
+    return run_config(records, out, **{"batch_size": BATCH, **kw})
 
 
 def summary_tags(logdir: Path) -> set[str]:
