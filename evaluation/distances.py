@@ -6,11 +6,13 @@ whatever values come (GRID features are post-ReLU, so nonnegative; with negative
 formula is no longer a metric, and a denominator of exactly 0 gives inf). NaN results rank last.
 
 Chi-square backends (``GRID_CHI2_BACKEND`` = auto | c | xla | numpy):
-- ``c``: a 15-line C kernel (``_chi2_kernel.c``) compiled on first use with the system C compiler
+- ``c``: a small C kernel (``_chi2_kernel.c``) compiled on first use with the system C compiler
   into ``$GRID_CACHE`` (default ``~/.cache/grid-retrieval``; must be private to the user, and
   the library is loaded only if its sha256 matches the one recorded at build time), called
-  through ctypes with the
-  query rows split over all cores: about 2.3-3e9 pair-dims/s on this 2-core machine.
+  through ctypes with the work split over all cores. It walks the archive in tiles that stay
+  in cache, several query rows per pass, and runs at 0.9-1.0 of the divider's limit (the same
+  arithmetic on rows held in L1), about 5e9 pair-dims/s per core here: docs/benchmarks.md.
+  Every pair is summed in one fixed order, so equal rows give bit-equal distances.
 - ``xla``: a ``tf.function(jit_compile=True)`` broadcast + reduce (about 0.15-0.5e9).
 - ``numpy``: plain broadcasting, the reference (about 0.1-0.2e9).
 ``auto`` takes ``c`` when a compiler works, else ``xla``.
@@ -33,6 +35,11 @@ from atomic_files import atomic_path
 METRICS = ("chi2", "euclidean", "cosine")
 EPS = 1e-10
 _SRC = Path(__file__).with_name("_chi2_kernel.c")
+# no -ffast-math / -fassociative-math and no contraction: the kernel's fixed summation order
+# is what keeps ties (equal rows -> bit-equal distances) whichever code path a pair takes
+_CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+           "-shared", "-fPIC")
+SPLIT_MIN_ROWS = 16  # archive rows per thread below which the query rows are split instead
 _LIB = None          # loaded ctypes library, False when compilation failed
 _XLA_FN = None
 _POOL = None
@@ -78,9 +85,7 @@ def _build_c(lib_path: Path) -> None:
     """Compile the kernel to ``lib_path`` and record its sha256 beside it (``.sha256``)."""
     cc = os.environ.get("CC", "cc")
     with atomic_path(lib_path) as tmp:  # no half-written library on failure
-        cmd = [cc, "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
-               "-fassociative-math", "-fno-signed-zeros", "-shared", "-fPIC",
-               str(_SRC), "-o", str(tmp)]
+        cmd = [cc, *_CFLAGS, str(_SRC), "-o", str(tmp)]
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)
         digest = _file_sha256(tmp)
     with atomic_path(lib_path.with_name(lib_path.name + ".sha256")) as tmp:
@@ -105,7 +110,8 @@ def _load_c():
     if _LIB is not None:
         return _LIB
     src = _SRC.read_bytes()
-    key = hashlib.sha256(src + platform.node().encode() + platform.machine().encode()).hexdigest()[:16]
+    key = hashlib.sha256(src + " ".join(_CFLAGS).encode() + platform.node().encode()
+                         + platform.machine().encode()).hexdigest()[:16]
     try:
         lib_path = _private_cache() / f"chi2_{key}.so"
         if not _verified(lib_path):
@@ -113,9 +119,12 @@ def _load_c():
             if not _verified(lib_path):
                 raise OSError(f"{lib_path}: library changed while it was being built")
         lib = ctypes.CDLL(str(lib_path))
-        p = ctypes.POINTER(ctypes.c_float)
-        lib.chi2_block.argtypes = [p, p, p, ctypes.c_long, ctypes.c_long, ctypes.c_long]
-        lib.chi2_block.restype = None
+        p, n = ctypes.POINTER(ctypes.c_float), ctypes.c_long
+        for name, args in (("chi2_tiled", [p, p, p, n, n, n, n]),
+                           ("chi2_rows", [p, p, p, n, n, n]),
+                           ("chi2_l1_loop", [p, p, p, n, n])):
+            getattr(lib, name).argtypes = args
+            getattr(lib, name).restype = None
         _LIB = lib
     except (OSError, subprocess.SubprocessError) as err:
         warnings.warn(f"chi-square C kernel unavailable ({err}); using the XLA backend")
@@ -123,29 +132,48 @@ def _load_c():
     return _LIB
 
 
-def _chi2_c(q: np.ndarray, a: np.ndarray) -> np.ndarray:
+def _pool() -> ThreadPoolExecutor:
     global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(os.cpu_count())
+    return _POOL
+
+
+def parallel(fn, parts) -> None:
+    """``fn(part)`` for every part, on the shared thread pool (ctypes calls release the GIL)."""
+    parts = list(parts)
+    if len(parts) == 1:
+        fn(parts[0])
+    else:
+        list(_pool().map(fn, parts))
+
+
+def _chi2_c(q: np.ndarray, a: np.ndarray) -> np.ndarray:
     lib = _load_c()
     q = np.ascontiguousarray(q, np.float32)
     a = np.ascontiguousarray(a, np.float32)
-    out = np.empty((q.shape[0], a.shape[0]), np.float32)
+    nq, na, d = q.shape[0], a.shape[0], q.shape[1]
+    out = np.empty((nq, na), np.float32)
     p = ctypes.POINTER(ctypes.c_float)
-    d = q.shape[1]
+    threads = os.cpu_count() or 1
+    # each thread takes a slice of the archive (its tiles stay in its own core's cache), or of
+    # the queries when the archive block is small; the result does not depend on the split
+    by_archive = na >= SPLIT_MIN_ROWS * threads or na >= nq
+    n = na if by_archive else nq
+    cuts = np.linspace(0, n, min(threads, max(n, 1)) + 1).astype(int)
 
     def run(lo_hi):
-        lo, hi = lo_hi
-        if hi > lo:
-            lib.chi2_block(q[lo:hi].ctypes.data_as(p), a.ctypes.data_as(p),
-                           out[lo:hi].ctypes.data_as(p), hi - lo, a.shape[0], d)
+        lo, hi = (int(x) for x in lo_hi)
+        if hi <= lo:
+            return
+        if by_archive:
+            lib.chi2_tiled(q.ctypes.data_as(p), a[lo:hi].ctypes.data_as(p),
+                           out[:, lo:].ctypes.data_as(p), nq, hi - lo, d, na)
+        else:
+            lib.chi2_tiled(q[lo:hi].ctypes.data_as(p), a.ctypes.data_as(p),
+                           out[lo:hi].ctypes.data_as(p), hi - lo, na, d, na)
 
-    n_threads = min(os.cpu_count() or 1, max(1, q.shape[0]))
-    if n_threads == 1:
-        run((0, q.shape[0]))
-    else:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(os.cpu_count())
-        cuts = np.linspace(0, q.shape[0], n_threads + 1).astype(int)
-        list(_POOL.map(run, zip(cuts[:-1], cuts[1:])))
+    parallel(run, zip(cuts[:-1], cuts[1:]))
     return out
 
 
