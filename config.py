@@ -34,6 +34,7 @@ BACKBONES = ("densenet121", "resnet50", "resnet101", "resnet152", "vgg16", "vgg1
              "mobilenet_v2", "small_cnn", "inception_v3")
 OPTIMIZERS = ("Adam", "SGD")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")  # "off" or a Keras dtype policy
 DUMP_KEYS = ("model_weights", "summaries", "configs", "features")
 DEFAULT_DUMPS = {"model_weights": "dumps/weights", "summaries": "dumps/summaries",
                  "configs": "dumps/configs", "features": "dumps/features"}
@@ -179,6 +180,8 @@ class Config:
     kl_weight: float = 1.0
     strategy: str = "default"
     jit_compile: bool = False  # XLA-compile the training and evaluation steps (GRID/baselines)
+    # compute in float16/bfloat16, variables and losses in float32 (docs/training.md)
+    mixed_precision: str = "off"
     # MiLaN (SPEC 8) and deep features (SPEC 9)
     hash_bits: int = 32
     train_backbone: bool = False
@@ -347,6 +350,8 @@ class Config:
             name += f"-bits{self.hash_bits}"
         if self.bands is not None and self.bands != registry.get(self.dataset).band_set:
             name += f"-bands_{self.bands}"  # only off the default: existing names stay
+        if self.mixed_precision != "off":  # likewise: float32 runs keep their names
+            name += f"-{self.mixed_precision}"
         return f"{name}-{self.suffix}" if self.suffix else name
 
     @property
@@ -387,6 +392,8 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     out["backbone"] = _check_choice("backbone", d["backbone"], BACKBONES)
     out["optimizer"] = _check_choice("optimizer", d["optimizer"], OPTIMIZERS)
     out["strategy"] = _check_choice("strategy", d["strategy"], STRATEGIES)
+    out["mixed_precision"] = _check_choice("mixed_precision", d["mixed_precision"],
+                                           MIXED_PRECISION)
     for key in ("train_tfrecord_paths", "val_tfrecord_paths", "test_tfrecord_paths"):
         out[key] = _check_paths(key, d[key])
     if not out["train_tfrecord_paths"]:

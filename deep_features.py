@@ -21,17 +21,21 @@ from config import Config
 def retrieval_model(model, cfg: Config) -> keras.Model:
     """The model train.py saves as feature_model.keras for a GRID/baseline run: pooled feature,
     or for ``feature_layer`` "output" image -> sigmoid(discriminative head) (B, nb_class)."""
+    from models.precision import float32_output  # features are float32 under mixed precision
+
     if getattr(cfg, "feature_layer", "pooling") != "output":
-        return model.feature_model
+        return float32_output(model.feature_model)
     image = keras.Input(shape=tuple(cfg.input_shape), name="image")
     logits = model.dis_head(model.feature_model(image))
-    return keras.Model(image, keras.layers.Activation("sigmoid", name="scores")(logits),
-                       name="output_feature_model")
+    return float32_output(keras.Model(
+        image, keras.layers.Activation("sigmoid", name="scores")(logits),
+        name="output_feature_model"))
 
 
 def export_off_the_shelf(cfg: Config, log=print):
     """Save the pretrained backbone + pooling as the run's feature model; no training."""
     from models.backbones import build_backbone
+    from models.precision import float32_output
     from training import RunResult, save_feature_model
     from atomic_files import write_json_atomic
 
@@ -41,8 +45,8 @@ def export_off_the_shelf(cfg: Config, log=print):
             "backbone")
     backbone = build_backbone(cfg.backbone, tuple(cfg.input_shape), cfg.weights)
     image = keras.Input(shape=tuple(cfg.input_shape), name="image")
-    model = keras.Model(image, keras.layers.GlobalAveragePooling2D(name="feature")(
-        backbone(image, training=False)), name="feature_model")
+    model = float32_output(keras.Model(image, keras.layers.GlobalAveragePooling2D(name="feature")(
+        backbone(image, training=False)), name="feature_model"))
     save_feature_model(model, cfg.feature_model_path)
     seconds = round(time.perf_counter() - t0, 3)
     write_json_atomic(cfg.config_dump_path, cfg.dump_dict(training_time_s=0.0, final_metrics={}))

@@ -182,7 +182,8 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
     feature_path = dump_path = None
     if completed:
         feature_path = cfg.feature_model_path
-        save_feature_model(model.retrieval_model, feature_path)
+        from models.precision import float32_output
+        save_feature_model(float32_output(model.retrieval_model), feature_path)
         dump_path = cfg.config_dump_path
         write_json_atomic(dump_path, cfg.dump_dict(training_time_s=round(float(time_var), 3),
                                                    final_metrics=means))

@@ -28,6 +28,7 @@ import run_guard
 from atomic_files import atomic_path, remove_stale_temps, write_json_atomic
 from config import Config, ConfigError
 from models.grid import mean_metrics
+from models.precision import loss_scaled, with_config_policy
 from run_guard import RunError
 
 MAX_CHECKPOINTS = 3
@@ -94,11 +95,12 @@ def _worker_role(strategy) -> tuple[bool, str]:
 
 
 def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
-    """The one optimizer of the run (``optimizer`` key: Adam or SGD) at ``learning_rate``."""
+    """The one optimizer of the run (``optimizer`` key: Adam or SGD) at ``learning_rate``,
+    wrapped for dynamic loss scaling under ``mixed_precision`` "mixed_float16"."""
     if cfg.optimizer == "Adam":
-        return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+        return loss_scaled(keras.optimizers.Adam(learning_rate=cfg.learning_rate), cfg)
     if cfg.optimizer == "SGD":
-        return keras.optimizers.SGD(learning_rate=cfg.learning_rate)
+        return loss_scaled(keras.optimizers.SGD(learning_rate=cfg.learning_rate), cfg)
     raise ConfigError(f"optimizer: unknown value {cfg.optimizer!r}")
 
 
@@ -241,6 +243,7 @@ class _Run:
             self.last_good = path
 
 
+@with_config_policy  # mixed_precision: Keras' global policy for this run, restored after it
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
           max_epochs: int | None = None, show_progress: bool = True,
           log: Callable[[str], None] = _print) -> RunResult:

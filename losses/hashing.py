@@ -32,7 +32,9 @@ def milan_losses(anchor, positive, negative, margin: float = MARGIN, beta: float
 
     ``weight`` (T,) 0/1: triplets that count (the in-batch sampler marks anchors without a
     positive or negative with 0); the triplet mean is over counted triplets (0 when none).
+    Outputs in a mixed-precision compute dtype are cast to float32 first.
     """
+    anchor, positive, negative = (tf.cast(x, tf.float32) for x in (anchor, positive, negative))
     def l2n(x):
         return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
 

@@ -4,6 +4,7 @@ Multi-label adaptation (as in Burgert, Ravanbakhsh, Demir, IEEE TGRS 2022): ever
 independent binary problem with a sigmoid output p_c, so the softmax distributions of the
 original methods become per-class Bernoulli pairs (p_c, 1 - p_c) and every sum over classes
 becomes a mean over the C binary problems. Shapes: labels / targets / logits (B, C) -> (B,).
+Logits in a mixed-precision compute dtype are cast to float32 first: every loss is float32.
 """
 import tensorflow as tf
 
@@ -34,7 +35,8 @@ def sat_loss_per_sample(targets, logits):
     p_c), weight_i = mean_c w_c. The batch loss is sum(loss) / sum(weight), as SAT normalises
     by the summed sample weights.
     """
-    targets = tf.stop_gradient(tf.cast(targets, logits.dtype))
+    logits = tf.cast(logits, tf.float32)
+    targets = tf.stop_gradient(tf.cast(targets, tf.float32))
     w = tf.maximum(targets, 1.0 - targets)
     ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
     return tf.reduce_mean(w * ce, axis=-1), tf.reduce_mean(w, axis=-1)
@@ -48,7 +50,8 @@ def elr_loss_per_sample(noisy_labels, targets, logits, lam=ELR_LAMBDA):
     [ELR_CLIP, 1 - ELR_CLIP]. The regulariser decreases as p moves towards the early-learning
     target t, which carries no gradient.
     """
-    targets = tf.stop_gradient(tf.cast(targets, logits.dtype))
+    logits = tf.cast(logits, tf.float32)
+    targets = tf.stop_gradient(tf.cast(targets, tf.float32))
     p = tf.clip_by_value(tf.sigmoid(logits), ELR_CLIP, 1.0 - ELR_CLIP)
     inner = p * targets + (1.0 - p) * (1.0 - targets)
     reg = tf.reduce_mean(tf.math.log(tf.maximum(1.0 - inner, _EPS)), axis=-1)
@@ -57,6 +60,7 @@ def elr_loss_per_sample(noisy_labels, targets, logits, lam=ELR_LAMBDA):
 
 def bernoulli_kl(logits_p, logits_q):
     """KL(p || q) of per-class Bernoulli distributions, mean over classes -> (B,)."""
+    logits_p, logits_q = tf.cast(logits_p, tf.float32), tf.cast(logits_q, tf.float32)
     p = tf.sigmoid(logits_p)
     log_p, log_1p = tf.math.log_sigmoid(logits_p), tf.math.log_sigmoid(-logits_p)
     log_q, log_1q = tf.math.log_sigmoid(logits_q), tf.math.log_sigmoid(-logits_q)
@@ -79,7 +83,7 @@ def forget_rate(epoch, tau, ramp_epochs):
 def small_loss_mask(loss, rate):
     """1 for the ceil((1 - rate) * B) samples with the smallest loss (ties: lower index first),
     0 for the rest (the ones "forgotten"); no gradient. loss (B,) -> float32 (B,)."""
-    loss = tf.stop_gradient(loss)
+    loss = tf.stop_gradient(tf.cast(loss, tf.float32))
     B = tf.shape(loss)[0]
     keep = tf.cast(tf.math.ceil((1.0 - rate) * tf.cast(B, tf.float32)), tf.int32)
     keep = tf.clip_by_value(keep, 1, B)

@@ -15,7 +15,7 @@ def select_noisy(dis, gen, noisy_sel_prcnt):
     n = floor(B * noisy_sel_prcnt / 100); the n samples with the largest
     norm(dis) - norm(gen) get 1 (ties: lower index first), the rest 0. No gradient flows.
     """
-    dis, gen = tf.stop_gradient(dis), tf.stop_gradient(gen)
+    dis, gen = (tf.stop_gradient(tf.cast(x, tf.float32)) for x in (dis, gen))
     B = tf.shape(dis)[0]
     n = tf.cast(tf.floor(tf.cast(B, tf.float64) * float(noisy_sel_prcnt) / 100.0), tf.int32)
     score = minmax_norm(dis) - minmax_norm(gen)

@@ -1,4 +1,5 @@
-"""VAE terms of the generative branch (each returns float32 (B,))."""
+"""VAE terms of the generative branch (each returns float32 (B,); inputs in a mixed-precision
+compute dtype are cast to float32 first)."""
 import tensorflow as tf
 
 
@@ -8,6 +9,7 @@ def kl_per_sample(mu, std):
     -0.5 * sum over latent dims of (1 + log(std^2 + 1e-7) - mu^2 - std^2), then the mean over
     spatial positions (pixel variant) -> (B,).
     """
+    mu, std = tf.cast(mu, tf.float32), tf.cast(std, tf.float32)
     var = tf.square(std)
     kl = -0.5 * tf.reduce_sum(1.0 + tf.math.log(var + 1e-7) - tf.square(mu) - var, axis=-1)
     if kl.shape.rank > 1:
@@ -17,5 +19,6 @@ def kl_per_sample(mu, std):
 
 def recon_per_sample(decoded, feature):
     """Latent reconstruction: MSE between decoder output and stop_gradient(feature) -> (B,)."""
+    decoded, feature = tf.cast(decoded, tf.float32), tf.cast(feature, tf.float32)
     err = tf.square(decoded - tf.stop_gradient(feature))
     return tf.reduce_mean(err, axis=list(range(1, err.shape.rank)))

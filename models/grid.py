@@ -107,7 +107,8 @@ class GridModel:
         feat = self.pool(fmap) if self.pooled else fmap
         out = {"feature": feat, "dis": self.dis_head(feat, training=training)}
         if self.is_grid:
-            mu, rho = tf.split(self.latent(feat, training=training), 2, axis=-1)
+            # float32 from here (mixed precision): the KL and the noise live in float32
+            mu, rho = tf.split(tf.cast(self.latent(feat, training=training), tf.float32), 2, -1)
             std = tf.math.softplus(rho)
             if eps is None and seed is not None:
                 eps = self.draw_eps(tf.shape(mu), seed)
@@ -228,12 +229,15 @@ def make_train_step(model, optimizer, cfg, strategy=None):
         with tf.GradientTape(persistent=model.is_grid) as tape:
             res = model.per_sample_losses(batch, training=True, seed=seed)
             obj = _objectives(model, res, global_b, kl_weight)
-        if model.is_grid:
-            pairs = [(obj["dis_loss"], g["discriminative"]),
-                     (obj["generative_total"], g["generative"]),
-                     (obj["hybrid_loss"], g["backbone"])]
-        else:
-            pairs = [(obj["dis_loss"], g["backbone"] + g["discriminative"])]
+            # scale_loss: x loss scale under float16 (LossScaleOptimizer), else the loss itself;
+            # apply_gradients divides every group's gradients by the same scale
+            scaled = optimizer.scale_loss
+            if model.is_grid:
+                pairs = [(scaled(obj["dis_loss"]), g["discriminative"]),
+                         (scaled(obj["generative_total"]), g["generative"]),
+                         (scaled(obj["hybrid_loss"]), g["backbone"])]
+            else:
+                pairs = [(scaled(obj["dis_loss"]), g["backbone"] + g["discriminative"])]
         grads, variables = [], []
         for loss, vs in pairs:
             for grad, v in zip(tape.gradient(loss, vs), vs):

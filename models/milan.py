@@ -67,10 +67,13 @@ class MilanModel:
 
 def make_optimizer(cfg) -> keras.optimizers.Optimizer:
     """Adam with MiLaN's published moments (beta1 0.5, beta2 0.9) at ``cfg.learning_rate``;
-    SGD when the config says so."""
+    SGD when the config says so; loss-scaled under mixed_float16 (models/precision.py)."""
+    from models.precision import loss_scaled
+
     if cfg.optimizer == "SGD":
-        return keras.optimizers.SGD(learning_rate=cfg.learning_rate)
-    return keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=0.5, beta_2=0.9)
+        return loss_scaled(keras.optimizers.SGD(learning_rate=cfg.learning_rate), cfg)
+    return loss_scaled(keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=0.5,
+                                             beta_2=0.9), cfg)
 
 
 def make_feature_step(model: MilanModel, optimizer):
@@ -84,7 +87,8 @@ def make_feature_step(model: MilanModel, optimizer):
             out = model.hash_net(tf.concat([a, p, n], 0), training=True)
             oa, op, on = tf.split(out, 3, axis=0)
             losses = milan_losses(oa, op, on)
-        grads = tape.gradient(losses["loss"], model.trainable_variables)
+            scaled = optimizer.scale_loss(losses["loss"])  # x loss scale under float16
+        grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return losses
     return step
@@ -104,7 +108,8 @@ def make_joint_step(model: MilanModel, optimizer, seed: int, label_fn):
             out = model.hash_net(model.pool(model.backbone(batch["image"], training=True)),
                                  training=True)
             losses = milan_losses(out, tf.gather(out, pos), tf.gather(out, neg), weight=valid)
-        grads = tape.gradient(losses["loss"], model.trainable_variables)
+            scaled = optimizer.scale_loss(losses["loss"])  # x loss scale under float16
+        grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return {**losses, "valid_triplets": tf.reduce_sum(tf.cast(valid, tf.float32))}
     return step

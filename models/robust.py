@@ -119,7 +119,8 @@ def make_train_step(model, optimizer, cfg, strategy=None):
         epoch = optimizer.iterations // model.steps_per_epoch
         with tf.GradientTape() as tape:
             loss, rows, keep, bce = _losses(model, batch, epoch)
-        grads = tape.gradient(loss, variables)
+            scaled = optimizer.scale_loss(loss)  # x loss scale under float16, else the loss
+        grads = tape.gradient(scaled, variables)
         optimizer.apply_gradients(
             [(tf.zeros_like(v) if g is None else g, v) for g, v in zip(grads, variables)])
         if rows is not None:
