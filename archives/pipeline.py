@@ -1,18 +1,30 @@
-"""tf.data input pipeline: parse, (shuffle + stateless augmentation), normalise, batch, prefetch.
+"""tf.data input pipeline: read, (shuffle the serialized records), parse + augment + normalise
+in parallel, batch, prefetch (docs/full-scale.md, "The input pipeline").
 
-Every random draw is a stateless function of (seed, epoch, element index), the index being the
-element's position in file order: the same (seed, epoch) gives the same batches in any process,
-whatever its global TF seed. The shuffle is a stateless window shuffle: consecutive windows of
-``shuffle_buffer`` elements are each put in a random order (a full permutation when the buffer
-holds the whole file, as for DLRSD's 1680).
+Training order, a stateless function of (seed, epoch): the files of a sharded split are taken
+in an order permuted every epoch and read ``cycle`` at a time in parallel, one record from each
+in turn (files listed one by one keep their order and are read one after another); consecutive
+windows of ``shuffle_buffer`` serialized records are each put in a random order (a full
+permutation when the window holds every record, as for DLRSD's 1680). Only then are records
+parsed, joined with the noise overlay and augmented, in parallel. Every random draw is a
+stateless function of (seed, epoch, the record's global index: its position in the split's
+file order), so the same (seed, epoch) gives the same batches in any process, whatever its
+global TF seed, and ``skip`` after a restore yields the uninterrupted batches.
 """
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import tensorflow as tf
 
 from archives import registry
+from archives.common import file_forms, file_offsets, indexed_records, overlay_table, parse_by_form
 
 BRIGHTNESS_DELTA = 0.2
+SHUFFLE_BYTES = 256 << 20  # serialized bytes a shuffle window holds when reading shards
+MIN_WINDOW = 256
+CYCLE = 8  # shards read at once
 _LABEL_KEYS = ("label", "noisy_label", "patch_name")
 _MAP_KEYS = ("seg_map", "noisy_seg_map")
 
@@ -25,18 +37,36 @@ def element_seeds(seed: int, epoch: int, index, count: int) -> tf.Tensor:
 
 
 def stateless_shuffle(ds: tf.data.Dataset, buffer: int, seed: int, epoch: int) -> tf.data.Dataset:
-    """Permute each window of ``buffer`` elements of an ``enumerate()``d dataset, statelessly."""
+    """Permute each window of ``buffer`` elements of a dataset of tuples whose first item is
+    the element's global index, statelessly (the window's key: its first element's index)."""
     base = tf.random.experimental.stateless_fold_in(
         tf.constant([int(seed), int(epoch)], tf.int64), tf.constant(-1, tf.int64))
 
-    def permute(index, ex):
-        key_seed = tf.random.experimental.stateless_fold_in(base, index[0])
-        perm = tf.argsort(tf.random.stateless_uniform(tf.shape(index), key_seed))
-        # picking one element at a time keeps a single copy of the window in memory
-        return tf.data.Dataset.from_tensor_slices(perm).map(
-            lambda j: (index[j], tf.nest.map_structure(lambda t: t[j], ex)))
+    def permute(*window):
+        key_seed = tf.random.experimental.stateless_fold_in(base, window[0][0])
+        perm = tf.argsort(tf.random.stateless_uniform(tf.shape(window[0]), key_seed))
+        return tuple(tf.gather(t, perm) for t in window)
 
-    return ds.batch(buffer).flat_map(permute)
+    # the permuted copy of a window is made while the previous one is handed on
+    return ds.batch(buffer).map(permute, num_parallel_calls=2, deterministic=True).unbatch()
+
+
+def epoch_file_order(n_files: int, shards: bool, seed: int, epoch: int) -> np.ndarray:
+    """The order files are read in at ``epoch``: permuted per (seed, epoch) for a sharded split,
+    as given otherwise."""
+    if not shards or n_files < 2:
+        return np.arange(n_files)
+    return np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n_files)
+
+
+def default_window(info, res, counts) -> int:
+    """The shuffle window: the archive's buffer, held to SHUFFLE_BYTES of serialized records
+    when reading a sharded split (prep already put its records in a random order)."""
+    buffer = int(info.shuffle_buffer)
+    if not res.shards:
+        return buffer
+    size = sum(os.path.getsize(f) for f in res.files) / max(1, sum(counts))
+    return max(MIN_WINDOW, min(buffer, int(SHUFFLE_BYTES // max(size, 1))))
 
 
 def _flip(tensors: list, do: tf.Tensor, axis: int) -> list:
@@ -58,19 +88,41 @@ def _finish(ex: dict, spatial: list, map_keys, mean, std) -> dict:
 
 def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: int = 0,
                  epoch: int = 0, shuffle_buffer: int | None = None,
-                 drop_remainder: bool = False) -> tf.data.Dataset:
+                 drop_remainder: bool = False, skip_batches: int = 0,
+                 cycle: int | None = None) -> tf.data.Dataset:
     """Batched dicts ready for the model (docs/interfaces.md, "Input pipeline"). ``dataset``: a
-    registered name or an ``archives.registry.ArchiveInfo`` (e.g. one band set's)."""
+    registered name or an ``archives.registry.ArchiveInfo`` (e.g. one band set's). ``paths``:
+    record files, a glob or a sharded split's name, and optionally its noise overlay
+    (archives.record_files). ``skip_batches``: start after that many batches of the epoch,
+    skipping serialized records (as ``ds.skip(skip_batches)`` would, without parsing them).
+    ``cycle``: shards read at once (default CYCLE)."""
+    from archives import overlay as ov
+    from archives.record_files import RecordFilesError, counts_of, resolve
+
     info = registry.get(dataset)
     map_keys = _MAP_KEYS if info.has_pixel_maps else ()
-    # small element dtypes (uint8/uint16 images, int8 maps) keep the shuffle buffer small
-    ds = info.load().parse_records(paths, compact_dtypes=True, **dict(info.parse_kwargs))
+    # small element dtypes (uint8/uint16 images, int8 maps) keep the parsed buffers small
+    reader = info.load().record_parser(compact_dtypes=True, **dict(info.parse_kwargs))
+    try:
+        res = resolve(paths)
+    except RecordFilesError as err:
+        raise ValueError(str(err)) from None
+    forms, form_ids = file_forms(res.files, reader)
+    parse = parse_by_form(forms, reader)
+    single = len(res.files) == 1
+    counts = [0] if single and not res.overlay else counts_of(res)
+    table = overlay_table(res, reader) if res.overlay else None
     mean = tf.constant(info.model_mean, tf.float32)
     std = tf.constant(info.model_std, tf.float32)
     h, w = info.image_shape[:2]
     crop = info.train_crop
 
-    def augment(index, ex):
+    def read(index, form_id, raw):
+        ex = parse(form_id, raw)
+        return ov.apply(ex, index, table) if table is not None else ex
+
+    def augment(index, form_id, raw):
+        ex = read(index, form_id, raw)
         s = element_seeds(seed, epoch, index, 5)
         spatial = [ex["image"]] + [ex[k] for k in map_keys]
         if crop:
@@ -81,10 +133,11 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
         spatial = _flip(spatial, tf.random.stateless_uniform([], s[3]) < 0.5, axis=0)
         out = _finish(ex, spatial, map_keys, mean, std)
         out["image"] = tf.image.stateless_random_brightness(out["image"], BRIGHTNESS_DELTA, s[4])
-        out["sample_index"] = index  # position in file order: per-sample memory (SAT, ELR)
+        out["sample_index"] = index  # global index: per-sample memory (SAT, ELR)
         return out
 
-    def evaluate(index, ex):
+    def evaluate(index, form_id, raw):
+        ex = read(index, form_id, raw)
         spatial = [ex["image"]] + [ex[k] for k in map_keys]
         if crop:
             spatial = _crop(spatial, (h - crop) // 2, (w - crop) // 2, crop)
@@ -92,10 +145,19 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
         out["sample_index"] = index
         return out
 
+    offsets = file_offsets(counts) if not single else [0]
     if training:
-        buffer = int(shuffle_buffer or info.shuffle_buffer)
-        ds = stateless_shuffle(ds.enumerate(), buffer, seed, epoch)
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        order = epoch_file_order(len(res.files), res.shards, seed, epoch)
+        n_read = min(len(res.files), cycle or CYCLE) if res.shards else 1
+        ds = indexed_records([res.files[i] for i in order], [offsets[i] for i in order],
+                             [form_ids[i] for i in order], cycle=n_read)
+        buffer = int(shuffle_buffer or default_window(info, res, counts))
+        ds = stateless_shuffle(ds, buffer, seed, epoch)
+        fn = augment
     else:
-        ds = ds.enumerate().map(evaluate, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = indexed_records(res.files, offsets, form_ids)
+        fn = evaluate
+    if skip_batches:
+        ds = ds.skip(int(skip_batches) * int(batch_size))
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -45,7 +45,7 @@ def prepped(sample_root, tmp_path_factory):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = prep_BEN_noisy.main(["-r", str(sample_root), "-o", str(out), "--workers", "1",
-                                  "--noise-levels", *map(str, LEVELS)])
+                                  "--noise-levels", *map(str, LEVELS), "--layout", "files"])
     assert rc == 0
     return out / "TFRecord", buf.getvalue()
 
