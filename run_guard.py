@@ -67,11 +67,14 @@ def record_files(key: str, paths) -> "list[str]":
     """The record files a config key's paths stand for (archives.record_files: files, globs,
     a sharded split's name); RunError naming the path that matches nothing."""
     from archives.record_files import RecordFilesError, resolve
+    from archives.records_meta import RecordsMetaError
 
     try:
         return list(resolve(paths).files)
     except RecordFilesError as err:
         raise RunError(f"{err} ({key})") from None
+    except RecordsMetaError as err:
+        raise RunError(str(err)) from None
 
 
 def check_inputs(cfg: Config) -> None:

@@ -20,7 +20,6 @@ parsed. A missing or mismatched overlay is an :class:`OverlayError` naming the f
 from __future__ import annotations
 
 import hashlib
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,12 +85,25 @@ def write_overlay(path, *, names, labels: dict, map_lut=None, level: int, seed: 
             raise ValueError(f"{path}: {k} has {v.shape[0]} rows for {len(names)} records")
     if map_lut is not None:
         arrays["map_lut"] = np.asarray(map_lut, np.int8)
+    arrays.update(names=names, digest=np.array(names_digest(names)), level=np.array(int(level)),
+                  seed=np.array(int(seed)), archive=np.array(archive), format=np.array(FORMAT))
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, names=names, digest=np.array(names_digest(names)),
-                                level=np.array(int(level)), seed=np.array(int(seed)),
-                                archive=np.array(archive), format=np.array(FORMAT), **arrays)
+        write_npz(tmp, arrays)
     return Path(path)
+
+
+def write_npz(path, arrays: dict) -> None:
+    """A compressed .npz that ``np.load`` reads, with fixed entry times: the same arrays give
+    the same bytes (np.savez_compressed stamps the current time)."""
+    import io
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())
 
 
 @dataclass(frozen=True)
@@ -185,6 +197,3 @@ def overlay_digest_for(files) -> str | None:
             return entry.get("digest")
     return None
 
-
-def same_path(a, b) -> bool:
-    return os.path.abspath(a) == os.path.abspath(b)

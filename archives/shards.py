@@ -189,10 +189,11 @@ def _unlink(path: str) -> None:
 def _stop_pool(pool) -> None:
     """Stop a process pool now: running shard writers are killed (their temporaries are
     removed by the caller)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
-    for proc in list(getattr(pool, "_processes", {}).values()):
+    for proc in procs:
         proc.terminate()
-    for proc in list(getattr(pool, "_processes", {}).values()):
+    for proc in procs:
         proc.join(timeout=30)
 
 

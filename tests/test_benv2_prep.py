@@ -66,7 +66,10 @@ def _digest(path):
 
 
 def _run(argv, capsys):
-    rc = prep_BEN_noisy.main([str(a) for a in argv])
+    argv = [str(a) for a in argv]
+    if "--layout" not in argv:
+        argv += ["--layout", "files"]  # the sharded layout: tests/test_shards.py
+    rc = prep_BEN_noisy.main(argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
 

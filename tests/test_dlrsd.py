@@ -434,7 +434,8 @@ def test_interrupted_write_leaves_nothing(copy, tmp_path, monkeypatch):
 def test_cli_runs_and_reports(copy, tmp_path, capsys):
     import prep_DLRSD_noisy
     rc = prep_DLRSD_noisy.main(["-r_dlrsd", str(copy / "DLRSD"), "-r_ucm", str(copy / "UCMerced_LandUse"),
-                                "-o", str(tmp_path), "--noise-levels", "20", "--quiet"])
+                                "-o", str(tmp_path), "--noise-levels", "20", "--quiet",
+                                "--layout", "files"])
     assert rc == 0
     assert "noise 20%" in capsys.readouterr().out
     assert (tmp_path / "TFRecord/train_noise_prcnt20.tfrecord").is_file()
