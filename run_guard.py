@@ -69,6 +69,8 @@ def record_files(key: str, paths) -> "list[str]":
     from archives.record_files import RecordFilesError, resolve
     from archives.records_meta import RecordsMetaError
 
+    if not paths:
+        return []
     try:
         return list(resolve(paths).files)
     except RecordFilesError as err:

@@ -143,3 +143,20 @@ def all_files(paths) -> list[str]:
     except RecordFilesError:
         return [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     return list(res.files) + ([res.overlay] if res.overlay else [])
+
+
+def prepared(folder, levels=()) -> bool:
+    """Whether a prep in ``folder`` left train, val, test and every noise level of ``levels``
+    (as overlays beside shards, or as full train_noise_prcnt<N>.tfrecord files)."""
+    from archives.records_meta import overlay_layout
+
+    folder = Path(folder)
+    try:
+        splits = [resolve([str(folder / f"{s}.tfrecord")]).files for s in ("train", "val", "test")]
+    except (RecordFilesError, ValueError):
+        return False
+    if not all(Path(f).is_file() for files in splits for f in files):
+        return False
+    overlays = overlay_layout(folder)
+    return all((folder / (overlay_name(n) if overlays else f"train_noise_prcnt{n}.tfrecord"))
+               .is_file() for n in levels)
