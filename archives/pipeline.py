@@ -69,21 +69,31 @@ def default_window(info, res, counts) -> int:
     return max(MIN_WINDOW, min(buffer, int(SHUFFLE_BYTES // max(size, 1))))
 
 
-def _flip(tensors: list, do: tf.Tensor, axis: int) -> list:
-    return [tf.cond(do, lambda t=t: tf.reverse(t, [axis]), lambda t=t: t) for t in tensors]
+def _draws(seed: int, epoch: int, index, h: int, w: int, crop: int | None) -> dict:
+    """The record's augmentation draws, stateless in (seed, epoch, index): crop offsets,
+    left-right and up-down flips, brightness delta."""
+    s = element_seeds(seed, epoch, index, 5)
+    if crop:
+        oy = tf.random.stateless_uniform([], s[0], minval=0, maxval=h - crop + 1, dtype=tf.int32)
+        ox = tf.random.stateless_uniform([], s[1], minval=0, maxval=w - crop + 1, dtype=tf.int32)
+    else:
+        oy = ox = tf.constant(0, tf.int32)
+    # the draw tf.image.stateless_random_brightness makes
+    delta = tf.random.stateless_uniform([], s[4], minval=-BRIGHTNESS_DELTA,
+                                        maxval=BRIGHTNESS_DELTA)
+    return {"_oy": oy, "_ox": ox, "_flip_lr": tf.random.stateless_uniform([], s[2]) < 0.5,
+            "_flip_ud": tf.random.stateless_uniform([], s[3]) < 0.5, "_delta": delta}
 
 
-def _crop(tensors: list, oy, ox, size: int) -> list:
-    return [tf.ensure_shape(t[oy:oy + size, ox:ox + size], [size, size] + t.shape[2:].as_list())
-            for t in tensors]
+def _window(t, oy, ox, flip_ud, flip_lr, size_h: int, size_w: int):
+    """Per-sample crop at (oy, ox) of size (size_h, size_w), then flips, of a batch (B, H, W, ...)
+    as two gathers."""
+    def axis_index(offset, flip, size):
+        r = tf.range(size, dtype=tf.int32)
+        return offset[:, None] + tf.where(flip[:, None], size - 1 - r, r)
 
-
-def _finish(ex: dict, spatial: list, map_keys, mean, std) -> dict:
-    out = {k: ex[k] for k in _LABEL_KEYS}
-    out["image"] = (tf.cast(spatial[0], tf.float32) - mean) / std
-    for k, t in zip(map_keys, spatial[1:]):
-        out[k] = tf.cast(t, tf.int32)
-    return out
+    t = tf.gather(t, axis_index(oy, flip_ud, size_h), axis=1, batch_dims=1)
+    return tf.gather(t, axis_index(ox, flip_lr, size_w), axis=2, batch_dims=1)
 
 
 def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: int = 0,
@@ -96,7 +106,6 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
     (archives.record_files). ``skip_batches``: start after that many batches of the epoch,
     skipping serialized records (as ``ds.skip(skip_batches)`` would, without parsing them).
     ``cycle``: shards read at once (default CYCLE)."""
-    from archives import overlay as ov
     from archives.record_files import RecordFilesError, counts_of, resolve
 
     info = registry.get(dataset)
@@ -116,33 +125,46 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
     std = tf.constant(info.model_std, tf.float32)
     h, w = info.image_shape[:2]
     crop = info.train_crop
+    lut = None
+    if table is not None and "map_lut" in table:  # -1 (unlabelled) first: index = class + 1
+        lut = tf.concat([tf.fill([tf.shape(table["map_lut"])[0], 1], -1), table["map_lut"]], 1)
 
-    def read(index, form_id, raw):
+    def element(index, form_id, raw):
+        """Parse one record; overlay rows and augmentation draws ride along to the batch."""
         ex = parse(form_id, raw)
-        return ov.apply(ex, index, table) if table is not None else ex
-
-    def augment(index, form_id, raw):
-        ex = read(index, form_id, raw)
-        s = element_seeds(seed, epoch, index, 5)
-        spatial = [ex["image"]] + [ex[k] for k in map_keys]
-        if crop:
-            oy = tf.random.stateless_uniform([], s[0], minval=0, maxval=h - crop + 1, dtype=tf.int32)
-            ox = tf.random.stateless_uniform([], s[1], minval=0, maxval=w - crop + 1, dtype=tf.int32)
-            spatial = _crop(spatial, oy, ox, crop)
-        spatial = _flip(spatial, tf.random.stateless_uniform([], s[2]) < 0.5, axis=1)
-        spatial = _flip(spatial, tf.random.stateless_uniform([], s[3]) < 0.5, axis=0)
-        out = _finish(ex, spatial, map_keys, mean, std)
-        out["image"] = tf.image.stateless_random_brightness(out["image"], BRIGHTNESS_DELTA, s[4])
-        out["sample_index"] = index  # global index: per-sample memory (SAT, ELR)
+        out = {k: ex[k] for k in _LABEL_KEYS + ("image",)}
+        out["sample_index"] = index
+        if map_keys:
+            out["seg_map"] = ex["seg_map"]
+            if lut is None:
+                out["noisy_seg_map"] = ex["noisy_seg_map"]
+            else:
+                out["_lut"] = tf.gather(lut, index)
+        if table is not None:
+            out["noisy_label"] = tf.gather(table["noisy_label"], index)
+        if training:
+            out.update(_draws(seed, epoch, index, h, w, crop))
         return out
 
-    def evaluate(index, form_id, raw):
-        ex = read(index, form_id, raw)
-        spatial = [ex["image"]] + [ex[k] for k in map_keys]
-        if crop:
-            spatial = _crop(spatial, (h - crop) // 2, (w - crop) // 2, crop)
-        out = _finish(ex, spatial, map_keys, mean, std)
-        out["sample_index"] = index
+    def finish(b):
+        """Crop, flip, normalise and brighten a batch, vectorised; maps follow the image."""
+        maps = {k: b[k] for k in map_keys if k in b}
+        spatial = [b["image"]] + list(maps.values())
+        ch, cw = (crop, crop) if crop else (h, w)
+        if training:
+            spatial = [_window(t, b["_oy"], b["_ox"], b["_flip_ud"], b["_flip_lr"], ch, cw)
+                       for t in spatial]
+        elif crop:
+            oy, ox = (h - crop) // 2, (w - crop) // 2
+            spatial = [t[:, oy:oy + crop, ox:ox + crop] for t in spatial]
+        out = {k: b[k] for k in _LABEL_KEYS + ("sample_index",)}
+        out["image"] = (tf.cast(spatial[0], tf.float32) - mean) / std
+        if training:
+            out["image"] = out["image"] + b["_delta"][:, None, None, None]
+        for k, t in zip(maps, spatial[1:]):
+            out[k] = tf.cast(t, tf.int32)
+        if "_lut" in b:
+            out["noisy_seg_map"] = tf.gather(b["_lut"], out["seg_map"] + 1, batch_dims=1)
         return out
 
     offsets = file_offsets(counts) if not single else [0]
@@ -153,11 +175,11 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
                              [form_ids[i] for i in order], cycle=n_read)
         buffer = int(shuffle_buffer or default_window(info, res, counts))
         ds = stateless_shuffle(ds, buffer, seed, epoch)
-        fn = augment
     else:
         ds = indexed_records(res.files, offsets, form_ids)
-        fn = evaluate
     if skip_batches:
         ds = ds.skip(int(skip_batches) * int(batch_size))
-    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
