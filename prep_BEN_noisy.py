@@ -1,5 +1,7 @@
-"""BigEarthNet-S2 folder -> TFRecords with injected label noise (train.tfrecord, val.tfrecord,
-test.tfrecord, train_noise_prcnt<N>.tfrecord) and a report, under <out_folder>/TFRecord/.
+"""BigEarthNet-S2 folder -> TFRecords with injected label noise and a report, under
+<out_folder>/TFRecord/: each split as shards in a seeded random order and one noise overlay per
+level (train_noise_prcnt<N>.overlay.npz), or with --layout files train.tfrecord, val.tfrecord,
+test.tfrecord and a full train_noise_prcnt<N>.tfrecord per level (docs/full-scale.md).
 
 Example: python prep_BEN_noisy.py -r BigEarthNet-v1.0 -train train.csv -val val.csv -test test.csv
 Without the three CSVs the official splits of bigearthnet-common are used (snow and
