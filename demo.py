@@ -18,14 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 import cli_common  # noqa: E402
 from archives import registry  # noqa: E402
-from config import Config  # noqa: E402  (needs ROOT on the path when run from elsewhere)
+from config import Config  # noqa: E402  (needs HERE on the path when run from elsewhere)
 
-# the repository root; an installed copy (no configs/ beside it) runs in the current folder
-WORK = ROOT if (ROOT / "configs").is_dir() else Path.cwd()
+# where the commands run: the repository root; an installed copy (no configs/ beside it) runs
+# in the current folder
+ROOT = HERE if (HERE / "configs").is_dir() else Path.cwd()
 
 DEMO = Path("dumps/demo")
 # the configs, sample folder and options, and prep command of each archive are in its
@@ -35,26 +36,26 @@ NOISE = 50
 
 
 def run(cmd: list[str]) -> None:
-    """Run one project script (``x.py ...`` or ``-m module ...``) in WORK, echoing a command a
+    """Run one project script (``x.py ...`` or ``-m module ...``) in ROOT, echoing a command a
     user can paste there, and stop the demo if it fails."""
-    if WORK != ROOT and cmd[0].endswith(".py"):  # installed: the scripts are modules
+    if ROOT != HERE and cmd[0].endswith(".py"):  # installed: the scripts are modules
         cmd = ["-m", cmd[0][:-3], *cmd[1:]]
     print("\n$ " + cli_common.command(*cmd), flush=True)
     start = time.time()
-    subprocess.run([sys.executable, *cmd], cwd=WORK, check=True)
+    subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True)
     print(f"  ({time.time() - start:.0f} s)", flush=True)
 
 
-def prepare(dataset: str, verbose: list[str]) -> None:
+def prepare(dataset: str, verbose: list[str] = ()) -> None:
     """Write the sample archive and its TFRecords unless they already exist."""
     info = registry.get(dataset)
     folder = info.demo_folder or dataset
     raw = DEMO / "raw" / folder
     out = DEMO / "data" / folder
-    if not (WORK / raw).exists():
+    if not (ROOT / raw).exists():
         run(["-m", "archives.sample", "--dataset", dataset, "--out", str(raw), "--seed", "0", *verbose,
              *info.demo_sample_args])
-    if not (WORK / out / "TFRecord" / f"train_noise_prcnt{NOISE}.tfrecord").exists():
+    if not (ROOT / out / "TFRecord" / f"train_noise_prcnt{NOISE}.tfrecord").exists():
         run([arg.format(raw=raw, out=out) for arg in info.demo_prep]
             + ["--noise-levels", str(NOISE), *verbose])
 
@@ -68,26 +69,26 @@ def main() -> None:
     verbose = ["--verbose"] if args.verbose else []
     start = time.time()
 
-    if WORK != Path.cwd().resolve():
-        print(f"(commands run in {WORK})")
+    if ROOT != Path.cwd().resolve():
+        print(f"(commands run in {ROOT})")
     prepare(args.dataset, verbose)
-    cfgs = [Config.from_json(WORK / path) for path in CONFIGS[args.dataset]]
+    cfgs = [Config.from_json(ROOT / path) for path in CONFIGS[args.dataset]]
     for path, cfg in zip(CONFIGS[args.dataset], cfgs):
-        if not (WORK / cfg.config_dump_path).exists():
+        if not (ROOT / cfg.config_dump_path).exists():
             run(["train.py", path, "--resume", *verbose])  # continues an interrupted demo run
         run(["retrieval.py", str(cfg.config_dump_path), "--plot", str(args.plot), *verbose])
 
     print_table([summary_row(cfg) for cfg in cfgs])
     for cfg in cfgs:
-        print(f"pictures: {WORK / cfg.features_dir / 'plots'}")
+        print(f"pictures: {ROOT / cfg.features_dir / 'plots'}")
     print(f"\nDemo finished in {time.time() - start:.0f} s. Results are from a synthetic "
           f"sample archive, not from {args.dataset} itself.")
 
 
 def summary_row(cfg: Config) -> dict:
     """One table row from a run's dumped config and the retrieval results beside its features."""
-    results = json.loads((WORK / cfg.features_dir / "retrieval.json").read_text())["metrics"]
-    final = json.loads((WORK / cfg.config_dump_path).read_text()).get("final_metrics", {})
+    results = json.loads((ROOT / cfg.features_dir / "retrieval.json").read_text())["metrics"]
+    final = json.loads((ROOT / cfg.config_dump_path).read_text()).get("final_metrics", {})
     row = {"model": cfg.model_name, "noise %": cfg.noise_prcnt,
            "NDCG@20": results.get("NDCG@20")}
     headline = cfg.archive.headline_metric  # e.g. BigEarthNet's NDCG@30, after NDCG@20

@@ -108,11 +108,23 @@ def panel_texts(query_labels, labels, class_names, distances=None, metric: str |
 
 def plot_query(out_path, query_image, query_labels, images, labels, class_names,
                title: str = "", distances=None, metric: str | None = None,
-               relevance: str = "multilabel"):
-    """One PNG: the query then its retrieved images in rank order. Each retrieved image shows
-    its rank, distance, shared-label count and relevance (framed: solid blue = relevant, dashed
-    orange = irrelevant, and the word), with its label names wrapped below. Returns the figure's
-    texts (for tests): {"title", "panels": panel_texts(...), "legend": [...]}."""
+               relevance: str = "multilabel") -> None:
+    """One PNG (written atomically) of ``query_figure``."""
+    import matplotlib.pyplot as plt
+
+    from atomic_files import atomic_path
+    fig = query_figure(query_image, query_labels, images, labels, class_names, title,
+                       distances, metric, relevance)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def query_figure(query_image, query_labels, images, labels, class_names, title: str = "",
+                 distances=None, metric: str | None = None, relevance: str = "multilabel"):
+    """The query then its retrieved images in rank order. Each retrieved image shows its rank,
+    distance, shared-label count and relevance (framed: solid blue = relevant, dashed orange =
+    irrelevant, and the word), with its label names wrapped below. Returns the figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -144,12 +156,7 @@ def plot_query(out_path, query_image, query_labels, images, labels, class_names,
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    from atomic_files import atomic_path
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return {"title": title, "panels": panels, "legend": legend}
+    return fig
 
 
 def plot_results(out_dir, dataset: str, query_records, archive_records, topk_index: np.ndarray,

@@ -129,7 +129,11 @@ def test_config_mode_extract_reuse_plot(tmp_path, capsys):
     with h5py.File(out_dir / "query.h5", "r") as f:
         assert f["feature"].shape == (6, 4) and f["label"].shape == (6, 17)
         assert f["patch_name"][0] == b"img1_0"
-    assert "written" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "written" in captured.err
+    # where the pictures went, on stdout
+    assert (f"tiny-run: 2 retrieval picture(s) in {out_dir / 'plots'}/ "
+            "(query_00000.png, query_00001.png)") in captured.out
     assert retrieval.main([str(cfg_path), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "query features reused" in err and "archive features reused" in err
