@@ -9,8 +9,9 @@
 
 Config mode extracts features (query = train records with clean labels, archive = test
 records) into <dumps.features>/<run_name>/{query,archive}.h5, reusing them while the model and
-records are unchanged, and saves <dumps.features>/<run_name>/retrieval.json.
-See evaluation/metrics.py for the metric definitions.
+records are unchanged, saves <dumps.features>/<run_name>/retrieval.json and adds the metrics to
+the run's TensorBoard summaries when training wrote them (retrieval/<metric> at the last epoch;
+tb_logging.py). See evaluation/metrics.py for the metric definitions.
 """
 from __future__ import annotations
 
@@ -199,7 +200,24 @@ def run_config(path: str, args) -> tuple[str, dict]:
     res["run_name"] = cfg["run_name"]
     res["config"] = str(cfg_path)
     write_json_atomic(out_dir / "retrieval.json", res)
+    _to_tensorboard(Path(cfg["dumps"]["summaries"]) / cfg["run_name"], res["metrics"],
+                    run.nb_epoch)
     return cfg["run_name"], res
+
+
+def _to_tensorboard(summaries: Path, metrics: dict, step: int) -> None:
+    """The metrics as ``retrieval/<name>`` scalars beside the run's training summaries (when
+    training wrote some), at the run's last epoch; a failure only warns."""
+    if not summaries.is_dir():
+        return
+    import tb_logging
+    try:
+        tb_logging.write_retrieval_metrics(summaries, metrics, step)
+    except Exception as err:  # the results are written already; TensorBoard is a view
+        print(f"warning: {summaries}: retrieval metrics not added to TensorBoard ({err})",
+              file=sys.stderr)
+        return
+    print(f"retrieval metrics added to TensorBoard: {summaries}", file=sys.stderr)
 
 
 def format_table(results: dict[str, dict]) -> str:
