@@ -53,8 +53,8 @@ def prepare(dataset: str, verbose: list[str] = ()) -> None:
     raw = DEMO / "raw" / folder
     out = DEMO / "data" / folder
     if not (ROOT / raw).exists():
-        run(["-m", "archives.sample", "--dataset", dataset, "--out", str(raw), "--seed", "0", *verbose,
-             *info.demo_sample_args])
+        run(["-m", "archives.sample", "--dataset", dataset, "--out", str(raw), "--seed", "0",
+             *info.demo_sample_args, *verbose])
     if not (ROOT / out / "TFRecord" / f"train_noise_prcnt{NOISE}.tfrecord").exists():
         run([arg.format(raw=raw, out=out) for arg in info.demo_prep]
             + ["--noise-levels", str(NOISE), *verbose])

@@ -284,8 +284,9 @@ def main(argv=None) -> int:
     print(format_table(results))
     for name, res in results.items():
         if res.get("plots"):
+            files = ", ".join(Path(p).name for p in res["plots"])
             print(f"{name}: {len(res['plots'])} retrieval picture(s) in "
-                  f"{Path(res['plots'][0]).parent}/ ({', '.join(Path(p).name for p in res['plots'])})")
+                  f"{Path(res['plots'][0]).parent}/ ({files})")
     if args.json:
         write_json_atomic(args.json, results["result"] if len(results) == 1 and not args.configs
                           else results)

@@ -129,3 +129,12 @@ def test_failed_import_replays_what_was_hidden(monkeypatch, capfd):
     with pytest.raises(ImportError, match="no tensorflow"):
         cli_common.quiet_tensorflow(False)
     assert "the reason it failed" in capfd.readouterr().err
+
+
+def test_demo_passes_verbose_to_every_command(tmp_path, monkeypatch):
+    import demo
+    ran = []
+    monkeypatch.setattr(demo, "ROOT", tmp_path)  # nothing exists there: every stage runs
+    monkeypatch.setattr(demo, "run", ran.append)
+    demo.prepare("DLRSD", ["--verbose"])
+    assert len(ran) == 2 and all(cmd[-1] == "--verbose" for cmd in ran)
