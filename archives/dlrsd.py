@@ -409,6 +409,29 @@ def encode_shard_item(item: tuple) -> tuple[str, bytes, None]:
     return stem, encode_example(image, seg, seg, label, label, stem, schema), None
 
 
+def _scene_loads(items, pool, label_table, ml_path, bar, skip_invalid: bool, skipped: list,
+                 tally: dict):
+    """(scene, [(item, image, map, clean label), ...]) per class folder, in item order whatever
+    the pool; bad items skipped or raised; palette misses, resized files and label/map
+    disagreements counted in ``tally``."""
+    for scene, scene_items in itertools.groupby(items, key=lambda i: i.scene):
+        scene_items, out = list(scene_items), []
+        args = (scene_items, itertools.repeat(label_table), itertools.repeat(ml_path))
+        loads = pool.map(_try_load, *args) if pool else map(_try_load, *args)
+        for it, (loaded, e) in zip(scene_items, loads):
+            bar.update(1)
+            if e is not None:
+                skip_or_raise(e, skip_invalid, skipped, e.item, e.reason)
+                continue
+            image, seg, label, miss, r1, r2 = loaded
+            tally["resized"] += r1 + r2
+            if miss:
+                tally["misses"][str(it.map_path)] = miss
+            tally["disagree"] += bool(np.any(classes_present(seg) != label))
+            out.append((it, image, seg, label))
+        yield scene, out
+
+
 def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = NOISE_LEVELS,
             seed: int = 42, schema: str = "compact", multi_labels=None, skip_invalid: bool = False,
             progress: bool = True, workers: int = 1, layout: str | None = None,
@@ -467,27 +490,17 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
     stats = {n: dict(pairs_total=0, pairs_picked=0, pairs_changed=0, images_total=0,
                      images_changed=0) for n in levels}
     written = {k: 0 for k in names}
-    misses, resized, disagree = {}, 0, 0
+    misses = {}
     with contextlib.ExitStack() as stack:
         writers = {k: stack.enter_context(atomic_tfrecord_writer(p)) for k, p in names.items()}
         bar = stack.enter_context(tqdm(total=len(items), desc="DLRSD", unit="img", disable=not progress))
         pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
         # scan_archive lists items grouped by scene folder, in sorted order
-        for scene, scene_items in itertools.groupby(items, key=lambda i: i.scene):
+        tally = {"misses": misses, "resized": 0, "disagree": 0}
+        for scene, loaded_items in _scene_loads(items, pool, label_table, ml_path, bar,
+                                                skip_invalid, skipped, tally):
             train = []  # (stem, image, seg, label, clean bytes)
-            scene_items = list(scene_items)
-            args = (scene_items, itertools.repeat(label_table), itertools.repeat(ml_path))
-            loads = pool.map(_try_load, *args) if pool else map(_try_load, *args)
-            for it, (loaded, e) in zip(scene_items, loads):  # in item order, whatever the pool
-                bar.update(1)
-                if e is not None:
-                    skip_or_raise(e, skip_invalid, skipped, e.item, e.reason)
-                    continue
-                image, seg, label, miss, r1, r2 = loaded
-                resized += r1 + r2
-                if miss:
-                    misses[str(it.map_path)] = miss
-                disagree += bool(np.any(classes_present(seg) != label))
+            for it, image, seg, label in loaded_items:
                 raw = encode_example(image, seg, seg, label, label, it.stem, schema)
                 writers[it.split].write(raw)
                 written[it.split] += 1
@@ -515,7 +528,8 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
     report.skipped = skipped
     report.palette_misses = {"pixels": int(sum(misses.values())), "maps": len(misses),
                              "per_map": dict(sorted(misses.items()))}
-    report.extra.update(resized_files=int(resized), label_map_disagreements=int(disagree))
+    report.extra.update(resized_files=int(tally["resized"]),
+                        label_map_disagreements=int(tally["disagree"]))
     report.time_s = time.time() - t0
     report.save(out_dir / "prep_report.json")
     write_meta(out_dir, INFO, report)
@@ -540,25 +554,16 @@ def _prepare_shards(items, out_dir, report, levels, *, seed, schema, label_table
     noisy = {n: {} for n in levels}  # level -> stem -> (noisy label, lut)
     stats = {n: dict(pairs_total=0, pairs_picked=0, pairs_changed=0, images_total=0,
                      images_changed=0) for n in levels}
-    misses, resized, disagree = {}, 0, 0
+    misses = {}
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=len(items), desc="DLRSD labels and noise",
                                        unit="img", disable=not progress))
         pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
-        for scene, scene_items in itertools.groupby(items, key=lambda i: i.scene):
-            scene_items, train = list(scene_items), []
-            args = (scene_items, itertools.repeat(label_table), itertools.repeat(ml_path))
-            loads = pool.map(_try_load, *args) if pool else map(_try_load, *args)
-            for it, (loaded, e) in zip(scene_items, loads):
-                bar.update(1)
-                if e is not None:
-                    skip_or_raise(e, skip_invalid, skipped, e.item, e.reason)
-                    continue
-                _, seg, label, miss, r1, r2 = loaded
-                resized += r1 + r2
-                if miss:
-                    misses[str(it.map_path)] = miss
-                disagree += bool(np.any(classes_present(seg) != label))
+        tally = {"misses": misses, "resized": 0, "disagree": 0}
+        for scene, loaded_items in _scene_loads(items, pool, label_table, ml_path, bar,
+                                                skip_invalid, skipped, tally):
+            train = []
+            for it, _, seg, label in loaded_items:
                 kept[it.split].append((it, label))
                 if it.split == "train":
                     train.append((it.stem, seg, label))
@@ -595,7 +600,8 @@ def _prepare_shards(items, out_dir, report, levels, *, seed, schema, label_table
     report.noise = {n: PrepReport.noise_entry(**stats[n]) for n in levels}
     report.palette_misses = {"pixels": int(sum(misses.values())), "maps": len(misses),
                              "per_map": dict(sorted(misses.items()))}
-    report.extra.update(resized_files=int(resized), label_map_disagreements=int(disagree))
+    report.extra.update(resized_files=int(tally["resized"]),
+                        label_map_disagreements=int(tally["disagree"]))
     report.time_s = time.time() - t0
     report.save(out_dir / "prep_report.json")
     write_meta(out_dir, INFO, report, splits=split_meta, overlays=overlays)

@@ -16,6 +16,7 @@ report). Every task plans the same order and noise from the labels alone.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -137,8 +138,6 @@ def temp_path(path: str) -> str:
 def write_shard(task: ShardTask) -> ShardResult:
     """Write one shard under a temporary name (process-pool entry). ``task.encode(item)`` ->
     (name, serialized record, extras dict or None) or raises PrepError for a bad item."""
-    import tensorflow as tf
-
     from archives.common import _NamedWriter
 
     out = ShardResult(task.split, task.index, task.path, tmp=temp_path(task.path))
@@ -151,8 +150,8 @@ def write_shard(task: ShardTask) -> ShardResult:
                 if not task.skip_invalid:
                     out.error = str(err)
                     break
-                out.skipped.append((getattr(err, "item", str(item[1]) if isinstance(
-                    item, tuple) and len(item) > 1 else str(item)), str(err)))
+                out.skipped.append((getattr(err, "item", None) or str(err).split(": ", 1)[0],
+                                    str(err)))
                 continue
             writer.write(raw)
             out.rows.append(row)
@@ -161,22 +160,13 @@ def write_shard(task: ShardTask) -> ShardResult:
                 out.extras.setdefault(k, []).append(v)
         writer.close()
     except BaseException:
-        with _suppress():
+        with contextlib.suppress(Exception):
             writer._writer.close()
         _unlink(out.tmp)
         raise
     if out.error:
         _unlink(out.tmp)
-    _ = tf  # the writer needs TensorFlow in this process
     return out
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def _unlink(path: str) -> None:
