@@ -13,7 +13,7 @@ records in their global-index order (the order of the split's shards, records_me
 * ``digest``: sha256 of the names joined by newlines, as records_meta.json states it for the
   split; ``level``, ``seed``, ``archive``.
 
-The input pipeline loads an overlay into memory once (v2 train: about 14 MB) and gathers a
+The input pipeline loads an overlay into memory once (v2 train: about 50 MB) and gathers a
 record's row by its global index (``apply``), after the serialized records were shuffled and
 parsed. A missing or mismatched overlay is an :class:`OverlayError` naming the file.
 """
