@@ -224,12 +224,12 @@ def worker_pool(workers: int):
     alone reports it, once), or None for one worker."""
     if workers <= 1:
         return None
-    import signal
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    from archives.prep_cli import init_worker  # a module without TensorFlow: see there
+
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker)
 
 
 def ordered_map(pool, fn, items: list, window: int):

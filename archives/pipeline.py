@@ -45,7 +45,7 @@ def stateless_shuffle(ds: tf.data.Dataset, buffer: int, seed: int, epoch: int) -
     def permute(*window):
         key_seed = tf.random.experimental.stateless_fold_in(base, window[0][0])
         perm = tf.argsort(tf.random.stateless_uniform(tf.shape(window[0]), key_seed))
-        return tuple(tf.gather(t, perm) for t in window)
+        return tf.nest.map_structure(lambda t: tf.gather(t, perm), window)
 
     # the permuted copy of a window is made while the previous one is handed on
     return ds.batch(buffer).map(permute, num_parallel_calls=2, deterministic=True).unbatch()
@@ -110,17 +110,24 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
 
     info = registry.get(dataset)
     map_keys = _MAP_KEYS if info.has_pixel_maps else ()
+    module = info.load()
     # small element dtypes (uint8/uint16 images, int8 maps) keep the parsed buffers small
-    reader = info.load().record_parser(compact_dtypes=True, **dict(info.parse_kwargs))
-    try:
-        res = resolve(paths)
-    except RecordFilesError as err:
-        raise ValueError(str(err)) from None
-    forms, form_ids = file_forms(res.files, reader)
-    parse = parse_by_form(forms, reader)
-    single = len(res.files) == 1
-    counts = [0] if single and not res.overlay else counts_of(res)
-    table = overlay_table(res, reader) if res.overlay else None
+    kwargs = dict(compact_dtypes=True, **dict(info.parse_kwargs))
+    table = res = None
+    if hasattr(module, "record_parser"):
+        reader = module.record_parser(**kwargs)
+        try:
+            res = resolve(paths)
+        except RecordFilesError as err:
+            raise ValueError(str(err)) from None
+        forms, form_ids = file_forms(res.files, reader)
+        parse = parse_by_form(forms, reader)
+        single = len(res.files) == 1
+        counts = [0] if single and not res.overlay else counts_of(res)
+        table = overlay_table(res, reader) if res.overlay else None
+    else:  # an archive module with parse_records only: parsed records, in file order
+        def parse(form_id, ex):
+            return ex
     mean = tf.constant(info.model_mean, tf.float32)
     std = tf.constant(info.model_std, tf.float32)
     h, w = info.image_shape[:2]
@@ -167,8 +174,13 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
             out["noisy_seg_map"] = tf.gather(b["_lut"], out["seg_map"] + 1, batch_dims=1)
         return out
 
-    offsets = file_offsets(counts) if not single else [0]
-    if training:
+    if res is None:
+        ds = module.parse_records(paths, **kwargs).enumerate().map(
+            lambda i, ex: (i, tf.constant(0, tf.int64), ex))
+        if training:
+            ds = stateless_shuffle(ds, int(shuffle_buffer or info.shuffle_buffer), seed, epoch)
+    elif training:
+        offsets = file_offsets(counts) if not single else [0]
         order = epoch_file_order(len(res.files), res.shards, seed, epoch)
         n_read = min(len(res.files), cycle or CYCLE) if res.shards else 1
         ds = indexed_records([res.files[i] for i in order], [offsets[i] for i in order],
@@ -176,7 +188,7 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
         buffer = int(shuffle_buffer or default_window(info, res, counts))
         ds = stateless_shuffle(ds, buffer, seed, epoch)
     else:
-        ds = indexed_records(res.files, offsets, form_ids)
+        ds = indexed_records(res.files, file_offsets(counts) if not single else [0], form_ids)
     if skip_batches:
         ds = ds.skip(int(skip_batches) * int(batch_size))
     ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -92,3 +92,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def init_worker() -> None:
+    """A pool process (archives.common.worker_pool) ignores Ctrl-C, so that the main process
+    alone reports it, and hides TensorFlow's start-up lines as the command does (cli_common).
+    It lives here, in a module that does not import TensorFlow: unpickling it must not."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
+        cli_common.quiet_tensorflow(False)
