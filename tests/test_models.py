@@ -419,3 +419,26 @@ def test_mean_metrics_pools_selection_counts():
     assert mean_metrics({"loss": 4.0}, 2) == {"loss": 2.0}  # baselines: no selection
     assert mean_metrics({"_tp": 0, "_nsel": 0, "_ncorr": 0}, 1) == {"sel_precision": 0.0,
                                                                     "sel_recall": 0.0}
+
+
+def test_steps_of_models_built_one_after_another_do_not_count_as_retracing():
+    """A study trains cell after cell in one process: each new model's steps trace for their
+    own batch shapes (a full and a short last batch) and TF must not count them together as
+    retracing of one function (its warning on a study's later cells)."""
+    import logging
+
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    tf.get_logger().addHandler(handler)
+    try:
+        for _ in range(3):  # three "cells"
+            m = build_model(make_cfg("BCE"))
+            step, ev = m.make_train_step(keras.optimizers.Adam()), m.make_eval_step()
+            for n in (4, 4, 2, 4, 2):  # full and short batches, each shape traced once
+                step(make_batch(n))
+                ev(make_batch(n))
+            assert step.experimental_get_tracing_count() == ev.experimental_get_tracing_count() == 2
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [w for w in warnings if "retracing" in w]
