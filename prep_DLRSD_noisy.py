@@ -1,13 +1,14 @@
 """DLRSD + UC Merced raw download -> TFRecords with injected label noise (see archives/dlrsd.py).
 
 Flags shared with the other prep scripts (archives/prep_cli.py): -o, --noise-levels, --seed,
---schema, --workers, --skip-invalid, --quiet.
+--schema, --workers, --layout, --shard-size, --shard, --skip-invalid, --quiet, --verbose.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+import cli_common
 from archives import prep_cli, registry
 
 
@@ -27,13 +28,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    cli_common.quiet_tensorflow(a.verbose)
 
     def prepare():
         from archives import dlrsd
         return dlrsd.prepare(a.root_UCM_folder, a.root_DLRSD_folder, a.out_folder,
                              noise_levels=a.noise_levels, seed=a.seed, schema=a.schema,
                              multi_labels=a.multi_labels, skip_invalid=a.skip_invalid,
-                             progress=not a.quiet, workers=a.workers)
+                             progress=not a.quiet, workers=a.workers,
+                             **prep_cli.layout_kwargs(a))
 
     return prep_cli.run_prep(prepare)
 

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from models import build_model, make_train_step  # noqa: E402
+from models import build_model, registry  # noqa: E402
 from models.precision import POLICIES, loss_scaled, policy_scope  # noqa: E402
 
 
@@ -43,9 +43,9 @@ def input_spec(dataset=None, bands=None, size=64, channels=3, classes=17):
     ``bands``) or a square ``size`` x ``size`` x ``channels`` input with ``classes`` classes."""
     if dataset is None:
         return (size, size, channels), classes, f"{size}x{size}x{channels}"
-    from archives import registry
+    from archives import registry as archives
 
-    info = registry.get(dataset)
+    info = archives.get(dataset)
     info = info.with_bands(bands or info.band_set)
     h, w, c = info.model_input_shape
     name = dataset + (f" {info.band_set}" if info.band_set != "default" else "")
@@ -207,8 +207,7 @@ def run_input(a, shape, nb_class, desc):
         with policy_scope(precision):
             keras.utils.set_random_seed(0)
             model = build_model(cfg)
-            compiled[label] = make_train_step(model, loss_scaled(keras.optimizers.Adam(1e-3), cfg),
-                                              cfg)
+            compiled[label] = model.make_train_step(loss_scaled(keras.optimizers.Adam(1e-3), cfg))
             timed(compiled[label], batch, 1)  # trace under the policy
         if not jit and precision == "off":
             models["GRID" if name == grid_name else "baseline"] = model
@@ -243,7 +242,8 @@ def run_input(a, shape, nb_class, desc):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="GRID-BCE", choices=["GRID-BCE", "GRID-PCE", "GRID-RRL"])
+    ap.add_argument("--model", default="GRID-BCE",
+                    choices=[n for n, m in registry.MODELS.items() if m.is_grid])
     ap.add_argument("--backbone", default="small_cnn")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--dataset", choices=["DLRSD", "BEN", "BENv2"],

@@ -15,9 +15,10 @@ import pytest
 import tensorflow as tf
 
 import training
-from config import MODEL_NAMES, ConfigError
+from config import ConfigError
 from conftest import run_config
-from models import build_model, make_train_step
+from models import build_model
+from models.registry import names as model_names
 from models.precision import float32_output, loss_scaled, policy_scope
 
 RTOL = {"mixed_bfloat16": 1e-2, "mixed_float16": 2e-3}
@@ -51,7 +52,7 @@ def _first_step(name, policy, batch, optimizer=None):
         keras.utils.set_random_seed(0)
         model = build_model(cfg)
         opt = loss_scaled(optimizer or keras.optimizers.Adam(1e-3), cfg)
-        step = make_train_step(model, opt, cfg)
+        step = model.make_train_step(opt)
         res = model.per_sample_losses(batch, training=True, seed=model.noise_seed(0))
         out = {k: float(v) for k, v in step(batch).items()}
     return model, opt, res, out
@@ -135,7 +136,7 @@ def test_float16_loss_scaling_unscales_every_group(batch):
         keras.utils.set_random_seed(0)
         model = build_model(cfg)
         opt = loss_scaled(keras.optimizers.SGD(0.1), cfg)
-        step = make_train_step(model, opt, cfg)
+        step = model.make_train_step(opt)
         before = {k: [v.numpy() for v in vs] for k, vs in model.groups.items()}
         for _ in range(20):
             step(batch)
@@ -143,7 +144,7 @@ def test_float16_loss_scaling_unscales_every_group(batch):
                 break
     assert int(opt.iterations) == 1 and float(opt.dynamic_scale.numpy()) > 1.0
     ref_opt = keras.optimizers.SGD(0.1)
-    make_train_step(ref, ref_opt, _model_cfg("GRID-BCE"))(batch)
+    ref.make_train_step(ref_opt)(batch)
     for group, vs in model.groups.items():
         d16 = np.concatenate([(v.numpy() - b).ravel() for v, b in zip(vs, before[group])])
         d32 = np.concatenate([(v.numpy() - b).ravel()
@@ -172,7 +173,7 @@ def test_float32_output_casts_only_low_precision_models():
 # float16 convolutions are emulated on CPU (a 224 x 224 GRID-BCE epoch: ~85 s against ~8 s in
 # bfloat16), so the trained float16 steps are covered on 32 x 32 above; here only the runs
 # whose float16 part is cheap
-RUNS = [(name, "mixed_bfloat16") for name in MODEL_NAMES] + [
+RUNS = [(name, "mixed_bfloat16") for name in model_names()] + [
     (name, "mixed_float16") for name in ("MiLaN", "OffTheShelf")]
 
 
