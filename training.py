@@ -160,6 +160,18 @@ def _save_feature_model(model: keras.Model, path: Path) -> None:
         model.save(str(tmp))
 
 
+def with_batch_transform(step: Callable, transform: Callable | None, strategy=None) -> Callable:
+    """``step`` applied to ``transform(batch)``, both in one compiled function (per replica
+    under ``strategy``): the pipeline hands compact batches over, the step normalises them."""
+    from models.base import compile_step
+
+    if transform is None:
+        return step
+    if strategy is None:
+        return compile_step(lambda batch: step(transform(batch)))
+    return compile_step(lambda batch: step(strategy.run(transform, args=(batch,))))
+
+
 def evaluate(eval_step: Callable, cfg: Config, paths) -> dict[str, float]:
     """Sample-weighted mean of the eval step's losses over ``paths`` (no augmentation);
     {} when no validation file is configured (``val_tfrecord_paths`` is optional)."""
@@ -193,8 +205,9 @@ class _Run:
             self.model = models.build_model(cfg)
             self.optimizer = make_optimizer(cfg, self.model.adam_betas)
             # builds the optimizer over every trainable variable (before any restore)
-            self.train_step = (self.model.make_train_step(
-                self.optimizer, strategy if self.distributed else None)
+            self.train_step = (with_batch_transform(self.model.make_train_step(
+                self.optimizer, strategy if self.distributed else None),
+                self.model.batch_transform(), strategy if self.distributed else None)
                 if self.model.epochs else None)
         self.eval_step = self.model.make_eval_step()
         # run counters live outside the strategy (plain host variables, not mirrored)
