@@ -33,13 +33,15 @@ DATASETS = registry.names()  # at import; validation reads the registry itself
 BACKBONES = ("densenet121", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
              "mobilenet_v2", "small_cnn", "inception_v3")
 OPTIMIZERS = ("Adam", "SGD")
+KL_REDUCTIONS = ("latent", "published")  # as losses/vae.py (tests check they agree)
+SELECT = ("last", "best_val")  # which epoch's feature model is exported
 STRATEGIES = ("default", "mirrored", "multi_worker")
 DUMP_KEYS = ("model_weights", "summaries", "configs", "features")
 DEFAULT_DUMPS = {"model_weights": "dumps/weights", "summaries": "dumps/summaries",
                  "configs": "dumps/configs", "features": "dumps/features"}
 # Keys train.py adds to the dumped config; accepted (and ignored) when a dump is loaded back.
 OUTPUT_KEYS = ("run_name", "nb_class", "feature_model_path", "training_time_s",
-               "noisy_train_paths", "final_metrics")
+               "noisy_train_paths", "final_metrics", "history", "selected_epoch")
 FEATURE_MODEL_FILE = "feature_model.keras"
 
 
@@ -177,6 +179,7 @@ class Config:
     weights: str | None = None
     seed: int = 0
     kl_weight: float = 1.0
+    kl_reduction: str = "latent"  # KL over a latent map: "latent" (ours) or "published"
     strategy: str = "default"
     jit_compile: bool = False  # XLA-compile the training and evaluation steps (GRID/baselines)
     # MiLaN (SPEC 8) and deep features (SPEC 9)
@@ -184,6 +187,12 @@ class Config:
     train_backbone: bool = False
     triplet_labels: str = "label"
     feature_layer: str = "pooling"
+    # per-epoch validation retrieval and memorisation (docs/studies.md): every N epochs (0: off;
+    # the last epoch is always measured), on at most N validation queries / training records
+    val_retrieval_every: int = 1
+    val_retrieval_queries: int = 1000
+    val_retrieval_archive: int = 10000
+    select: str = "last"  # exported feature model: "last" epoch or "best_val" retrieval epoch
     # input band set of an archive that offers several (BENv2: "s2", "s1", "s1s2"); None: default
     bands: str | None = None
 
@@ -276,18 +285,23 @@ class Config:
         return out
 
     def dump_dict(self, training_time_s: float | None = None,
-                  final_metrics: Mapping[str, float] | None = None) -> dict[str, Any]:
+                  final_metrics: Mapping[str, float] | None = None,
+                  history: list | None = None, selected_epoch: int | None = None
+                  ) -> dict[str, Any]:
         """The dumped config retrieval.py reads: every key plus OUTPUT_KEYS.
 
         ``final_metrics``: last-epoch means of the training metrics (``dis_loss``, ...,
         ``sel_precision``, ``sel_recall``) and validation losses prefixed ``val_``.
+        ``history``: one dict per epoch (training means, validation retrieval, memorisation);
+        ``selected_epoch``: the epoch whose feature model was exported (``select``).
         """
         out = self.to_dict()
         out.update(run_name=self.run_name, nb_class=self.nb_class,
                    feature_model_path=str(self.feature_model_path),
                    training_time_s=training_time_s,
                    noisy_train_paths=list(self.noisy_train_paths),
-                   final_metrics=dict(final_metrics or {}))
+                   final_metrics=dict(final_metrics or {}),
+                   history=list(history or []), selected_epoch=selected_epoch)
         return out
 
     # ---- derived values ---------------------------------------------------------------------
@@ -400,6 +414,8 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     out["seed"] = _check_int("seed", d["seed"], minimum=0, maximum=2**31 - 1)
     out["learning_rate"] = _check_float("learning_rate", d["learning_rate"], positive=True)
     out["kl_weight"] = _check_float("kl_weight", d["kl_weight"])
+    out["kl_reduction"] = _check_choice("kl_reduction", d["kl_reduction"], KL_REDUCTIONS)
+    _validate_curve_keys(d, out)
     out["dumps"] = _check_dumps(d["dumps"])
     suffix = _check_str("suffix", d["suffix"])
     if isinstance(suffix, str) and (any(c in suffix for c in "/\\") or suffix in (".", "..")):
@@ -455,6 +471,23 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
             _fail(f"noise_prcnt: {out['noise_prcnt']} is not offered for {dataset} "
                   f"(0 or one of {', '.join(map(str, levels))})")
     return out
+
+
+def _validate_curve_keys(d: dict[str, Any], out: dict[str, Any]) -> None:
+    """val_retrieval_every / _queries / _archive and select (per-epoch validation retrieval)."""
+    for key in ("val_retrieval_every", "val_retrieval_queries", "val_retrieval_archive"):
+        out[key] = _check_int(key, d[key], minimum=0)
+    out["select"] = _check_choice("select", d["select"], SELECT)
+    if out["select"] != "best_val" or _bad("select"):
+        return
+    if out["val_retrieval_every"] == 0:
+        _fail("select: 'best_val' chooses the epoch by validation retrieval, which "
+              "val_retrieval_every 0 turns off; use val_retrieval_every >= 1 or select 'last'")
+    elif not out["val_tfrecord_paths"]:
+        _fail("select: 'best_val' needs validation records (val_tfrecord_paths) to choose the "
+              "epoch; add them or use select 'last'")
+    elif d["model_name"] == "OffTheShelf":
+        _fail("select: OffTheShelf trains nothing, so has no epochs to choose; use 'last'")
 
 
 def _validate_milan_keys(d: dict[str, Any], out: dict[str, Any]) -> None:

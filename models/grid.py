@@ -125,7 +125,7 @@ class GridModel:
         if self.is_grid:
             res["gen"] = self.variant.loss_per_sample(target, out["gen"])
             res["recon"] = recon_per_sample(out["decoded"], out["feature"])
-            res["kl"] = kl_per_sample(out["mu"], out["std"])
+            res["kl"] = kl_per_sample(out["mu"], out["std"], self.cfg.kl_reduction)
             res["noisy"] = select_noisy(res["dis"], res["gen"], self.cfg.noisy_sel_prcnt)
         return res
 

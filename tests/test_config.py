@@ -231,3 +231,26 @@ def test_jit_compile_is_a_bool_for_grid_and_baselines_on_one_device():
     assert "not 'SAT'" in error(model_name="SAT", jit_compile=True)
     assert error(jit_compile=True, strategy="mirrored").startswith(
         "jit_compile: XLA steps run on one device")
+
+
+def test_kl_reduction_and_epoch_selection_keys():
+    from losses.vae import KL_REDUCTIONS
+    from config import KL_REDUCTIONS as CONFIG_KL_REDUCTIONS
+    assert CONFIG_KL_REDUCTIONS == KL_REDUCTIONS
+    cfg = Config.from_dict(base())
+    assert (cfg.kl_reduction, cfg.select, cfg.val_retrieval_every, cfg.val_retrieval_queries,
+            cfg.val_retrieval_archive) == ("latent", "last", 1, 1000, 10000)
+    assert Config.from_dict(base(kl_reduction="published")).kl_reduction == "published"
+    assert error(kl_reduction="rows").startswith(
+        "kl_reduction: 'rows' is not one of latent, published")
+    assert error(val_retrieval_every=-1).startswith("val_retrieval_every: must be >= 0")
+    assert error(val_retrieval_queries=1.5).startswith("val_retrieval_queries: expected an int")
+    assert error(select="best").startswith("select: 'best' is not one of last, best_val")
+    assert error(select="best_val").startswith("select: 'best_val' needs validation records")
+    assert "val_retrieval_every 0 turns off" in error(select="best_val", val_retrieval_every=0,
+                                                      val_tfrecord_paths="v.tfrecord")
+    ok = Config.from_dict(base(select="best_val", val_tfrecord_paths="v.tfrecord"))
+    assert ok.select == "best_val"
+    # the dump's per-epoch history and chosen epoch load back as output keys
+    dump = {**ok.dump_dict(), "history": [{"epoch": 1}], "selected_epoch": 1}
+    assert Config.from_dict(dump) == ok
