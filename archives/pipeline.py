@@ -58,10 +58,14 @@ def _finish(ex: dict, spatial: list, map_keys, mean, std) -> dict:
 
 def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: int = 0,
                  epoch: int = 0, shuffle_buffer: int | None = None,
-                 drop_remainder: bool = False) -> tf.data.Dataset:
+                 drop_remainder: bool = False, indices=None) -> tf.data.Dataset:
     """Batched dicts ready for the model (docs/interfaces.md, "Input pipeline"). ``dataset``: a
-    registered name or an ``archives.registry.ArchiveInfo`` (e.g. one band set's)."""
+    registered name or an ``archives.registry.ArchiveInfo`` (e.g. one band set's).
+    ``indices`` (evaluation only): keep just the records at these file positions (each record
+    is still read and parsed; only the kept ones are cropped, batched and returned)."""
     info = registry.get(dataset)
+    if indices is not None and training:
+        raise ValueError("make_dataset: indices select evaluation records; training reads all")
     map_keys = _MAP_KEYS if info.has_pixel_maps else ()
     # small element dtypes (uint8/uint16 images, int8 maps) keep the shuffle buffer small
     ds = info.load().parse_records(paths, compact_dtypes=True, **dict(info.parse_kwargs))
@@ -97,5 +101,22 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
         ds = stateless_shuffle(ds.enumerate(), buffer, seed, epoch)
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
-        ds = ds.enumerate().map(evaluate, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.enumerate()
+        if indices is not None:
+            keep = tf.constant(_position_mask(indices))
+            last = tf.cast(tf.shape(keep)[0] - 1, tf.int64)
+            ds = ds.filter(lambda i, ex: (i <= last) & tf.gather(keep, tf.minimum(i, last)))
+        ds = ds.map(evaluate, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def _position_mask(indices):
+    """Boolean mask over file positions 0..max(indices), True at ``indices``."""
+    import numpy as np
+
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    if idx.size and idx.min() < 0:
+        raise ValueError(f"make_dataset: indices must be >= 0, got {int(idx.min())}")
+    mask = np.zeros(int(idx.max()) + 1 if idx.size else 1, bool)
+    mask[idx] = True
+    return mask

@@ -1,7 +1,9 @@
 """The study file (STUDY.json): which (model, noise level, seed) cells to run, on which archive.
 
 Keys: ``base_config`` (a train config path), ``models``, ``noise_levels``, ``seeds`` (non-empty
-lists), ``out`` (a folder); optional ``sample_archive`` ({"variant", "per_class", "seed"}: write
+lists), ``out`` (a folder). A ``models`` entry is a model name ("BCE") or a named variant
+``{"name": "GRID-BCE-sel40", "model_name": "GRID-BCE", "noisy_sel_prcnt": 40}``: a cell name
+and the train config keys it sets over the base config and the study's overrides; optional ``sample_archive`` ({"variant", "per_class", "seed"}: write
 the DLRSD-style sample archive and its TFRecords under ``out/data`` and train on them),
 ``retrieval`` ({"metric", "max_topk"}), and any train config key (e.g. ``nb_epoch``), which
 overrides the base config in every cell. Errors name the file and the key.
@@ -49,6 +51,7 @@ class Study:
     overrides: dict
     sample_archive: dict | None
     retrieval: dict
+    variants: dict = dataclasses.field(default_factory=dict)  # name -> its config keys
 
     @property
     def cells(self) -> list[Cell]:
@@ -69,15 +72,18 @@ class Study:
 
     def cell_config(self, cell: Cell) -> Config:
         """The validated train config of one cell (own dumps folders under ``out/runs``)."""
-        d = {**self.base, **self.overrides}
+        variant = dict(self.variants.get(cell.model, {"model_name": cell.model}))
+        d = {**self.base, **self.overrides, **variant}
         if self.sample_archive is not None:
             rec = self.data_dir / "TFRecord"
             d.update(train_tfrecord_paths=str(rec / "train.tfrecord"),
                      val_tfrecord_paths=str(rec / "val.tfrecord"),
                      test_tfrecord_paths=str(rec / "test.tfrecord"))
-        suffix = "-".join(p for p in (d.get("suffix", ""), f"seed{cell.seed}") if p)
+        # a variant's run folder carries its name: two variants of one model never share it
+        tag = cell.model if cell.model in self.variants else ""
+        suffix = "-".join(p for p in (d.get("suffix", ""), tag, f"seed{cell.seed}") if p)
         runs = self.out / "runs"
-        d.update(model_name=cell.model, noise_prcnt=cell.noise_prcnt, seed=cell.seed,
+        d.update(noise_prcnt=cell.noise_prcnt, seed=cell.seed,
                  suffix=suffix, dumps={k: str(runs / k) for k in
                                        ("model_weights", "summaries", "configs", "features")})
         try:
@@ -98,6 +104,45 @@ def _list(path, data, key, kind):
     if len(set(value)) != len(value):
         raise StudyError(f"{path}: {key}: duplicate entries in {value!r}")
     return tuple(value)
+
+
+def _models(path, data) -> tuple[tuple[str, ...], dict]:
+    """(cell names, {variant name: its train config keys}) of the ``models`` list."""
+    value = data.get("models")
+    if not isinstance(value, list) or not value:
+        raise StudyError(f"{path}: models: expected a non-empty list, got {value!r}")
+    names, variants = [], {}
+    train_keys = set(Config.keys())
+    for i, m in enumerate(value):
+        where = f"{path}: models[{i}]"
+        if isinstance(m, str):
+            names.append(m)
+            continue
+        if not isinstance(m, dict):
+            raise StudyError(f"{where}: expected a model name or an object with name and "
+                             f"model_name, got {m!r}")
+        name = m.get("name")
+        if not isinstance(name, str) or not name:
+            raise StudyError(f"{where}.name: required, a non-empty string (the cell name)")
+        if any(c in name for c in "/\\ ") or name in (".", ".."):
+            raise StudyError(f"{where}.name: {name!r} names files: no path separators or spaces")
+        if not isinstance(m.get("model_name"), str):
+            raise StudyError(f"{where}.model_name: required, the model this variant trains")
+        for key in m:
+            if key == "name":
+                continue
+            if key in CELL_KEYS and key != "model_name":
+                raise StudyError(f"{where}.{key}: set per cell by the study (noise_levels, "
+                                 "seeds, out); remove it")
+            if key not in train_keys:
+                raise StudyError(f"{where}.{key}: unknown key (a variant sets name, "
+                                 "model_name and train config keys)")
+        names.append(name)
+        variants[name] = {k: v for k, v in m.items() if k != "name"}
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise StudyError(f"{path}: models: duplicate entries ({dup!r} twice)")
+    return tuple(names), variants
 
 
 def _sub(path, data, key, defaults):
@@ -147,7 +192,8 @@ def load_study(path) -> Study:
     sample = _sub(path, data, "sample_archive", SAMPLE_KEYS)
     if sample is not None and base.get("dataset", "DLRSD") != "DLRSD":
         raise StudyError(f"{path}: sample_archive: only for dataset DLRSD")
-    study = Study(path=str(path), base=base, models=_list(path, data, "models", str),
+    models, variants = _models(path, data)
+    study = Study(path=str(path), base=base, models=models, variants=variants,
                   noise_levels=_list(path, data, "noise_levels", int),
                   seeds=_list(path, data, "seeds", int), out=Path(out),
                   overrides={k: v for k, v in data.items() if k in train_keys},
@@ -160,7 +206,9 @@ def load_study(path) -> Study:
 
 def to_dict(study: Study) -> dict[str, Any]:
     """The study as JSON-ready values (written beside the results)."""
-    return {"study_file": study.path, "base_config": study.base, "models": list(study.models),
+    models = [{"name": m, **study.variants[m]} if m in study.variants else m
+              for m in study.models]
+    return {"study_file": study.path, "base_config": study.base, "models": models,
             "noise_levels": list(study.noise_levels), "seeds": list(study.seeds),
             "out": str(study.out), "overrides": study.overrides,
             "sample_archive": study.sample_archive, "retrieval": study.retrieval}

@@ -1,0 +1,119 @@
+"""Per-epoch curves: memorisation counts, validation-retrieval probe, best-epoch bookkeeping."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import run_history
+from evaluation import epoch_probe
+from evaluation.memorisation import (FitCounts, batch_counts, multilabel_counts, pixel_counts,
+                                     relation_counts)
+
+
+# ---------------------------------------------------------------- memorisation
+def test_multilabel_counts_on_hand_made_predictions():
+    label = [[1, 0, 1], [0, 1, 0]]
+    noisy = [[1, 1, 0], [0, 1, 0]]          # pairs (0, 1) added, (0, 2) removed by the noise
+    logits = [[2.0, 1.0, 3.0], [-1.0, -2.0, -1.0]]  # predicted: all of row 0, none of row 1
+    c = multilabel_counts(logits, label, noisy)
+    # corrupted: (0,1) predicted 1 = noisy (fitted), (0,2) predicted 1 != noisy 0
+    # clean: (0,0) 1 ok, (1,0) 0 ok, (1,1) predicted 0 != 1, (1,2) 0 ok
+    assert (c.corrupted, c.corrupted_fitted, c.clean, c.clean_fitted) == (2, 1, 4, 3)
+    assert c.shares() == {"corrupted_fitted": 0.5, "clean_fitted": 0.75}
+
+
+def test_pixel_counts_skip_unlabelled_pixels():
+    clean = np.array([[[0, 1, -1, 2, 1]]])
+    noisy = np.array([[[0, 2, -1, 1, 1]]])  # pixels 1 and 3 corrupted, 2 unlabelled
+    pred = np.array([[[0, 2, 0, 2, 0]]])
+    logits = np.eye(3)[pred] * 5.0          # (1, 1, 5, 3) with arg-max = pred
+    c = pixel_counts(logits, clean, noisy)
+    # corrupted: pixel 1 predicted 2 = noisy, pixel 3 predicted 2 != 1; clean: 0 ok, 4 wrong
+    assert (c.corrupted, c.corrupted_fitted, c.clean, c.clean_fitted) == (2, 1, 2, 1)
+
+
+def test_relation_counts_nearer_the_noisy_target():
+    clean = [[0.0, 0.5, 0.2]]
+    noisy = [[0.0, 0.1, 0.6]]
+    pred = [[0.3, 0.2, 0.3]]  # entry 1 nearer noisy (0.1 against 0.3), entry 2 nearer clean
+    c = relation_counts(pred, clean, noisy)
+    assert (c.corrupted, c.corrupted_fitted, c.clean) == (2, 1, 1)
+    shares = c.shares()
+    assert shares["corrupted_fitted"] == 0.5 and math.isnan(shares["clean_fitted"])
+
+
+def test_counts_pool_over_batches_and_nothing_corrupted_is_nan():
+    total = FitCounts(2, 1, 4, 3) + FitCounts(2, 2, 0, 0)
+    assert total.shares() == {"corrupted_fitted": 0.75, "clean_fitted": 0.75}
+    assert math.isnan(FitCounts(0, 0, 4, 4).shares()["corrupted_fitted"])
+
+
+def test_batch_counts_for_relation_heads_read_both_maps():
+    from losses.relations import relation_targets_tf
+    clean = tf.constant([[[0, 0], [1, 1]]])
+    noisy = tf.constant([[[0, 0], [2, 2]]])
+    batch = {"seg_map": clean, "noisy_seg_map": noisy}
+    fitted = batch_counts("RRL", relation_targets_tf(noisy, 3).numpy(), batch, 3)
+    assert fitted.corrupted > 0 and fitted.corrupted_fitted == fitted.corrupted
+    honest = batch_counts("RRL", relation_targets_tf(clean, 3).numpy(), batch, 3)
+    assert honest.corrupted == fitted.corrupted and honest.corrupted_fitted == 0
+    with pytest.raises(ValueError, match="unknown task 'X'"):
+        batch_counts("X", None, batch, 3)
+
+
+# ---------------------------------------------------------------- probe pieces
+def test_subset_indices_fixed_sorted_and_all_when_not_bounded():
+    a = epoch_probe.subset_indices(100, 10)
+    assert a.shape == (10,) and np.all(np.diff(a) > 0) and a.max() < 100
+    np.testing.assert_array_equal(a, epoch_probe.subset_indices(100, 10))
+    assert epoch_probe.subset_indices(100, 0) is None
+    assert epoch_probe.subset_indices(100, 100) is None
+
+
+def test_probe_epochs():
+    assert [e for e in range(1, 8) if epoch_probe.is_due(e, 3, 7)] == [3, 6, 7]
+    assert [e for e in range(1, 4) if epoch_probe.is_due(e, 1, 3)] == [1, 2, 3]
+    assert not any(epoch_probe.is_due(e, 0, 3) for e in range(1, 4))
+
+
+def test_score_retrieval_is_the_headline_metric_of_the_clean_labels():
+    # 2 queries, 4 archive items; chi2 ranks the identical feature first
+    a_feat = np.array([[1, 0], [0, 1], [1, 1], [0.5, 0]], np.float32)
+    a_lab = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], np.float32)
+    q_feat = a_feat[:2].copy()
+    q_lab = a_lab[:2].copy()
+    name, value = epoch_probe.score_retrieval(q_feat, q_lab, a_feat, a_lab, "chi2", "DLRSD")
+    assert name == "NDCG@4"  # an archive of 4 (< 20): NDCG at its size
+    # query 0 (1, 0): chi2 0, 1, 0.5, 1/12 -> ranks items 0, 3, 2, 1 with s = 1, 0, 1, 0:
+    # DCG 1 + 1/log2(4) = 1.5, ideal (same items re-sorted) 1 + 1/log2(3) -> 0.91972;
+    # query 1 (0, 1): chi2 1, 0, 0.5, 0.75 -> items 1, 2, 3, 0, s = 1, 1, 0, 0 -> 1
+    assert value == pytest.approx((1.5 / (1 + 1 / np.log2(3)) + 1.0) / 2, abs=1e-6)
+    # a perfectly ordered archive scores 1
+    _, one = epoch_probe.score_retrieval(a_feat[:3], a_lab[:3], a_feat[:3], a_lab[:3], "chi2",
+                                         "DLRSD")
+    assert one == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- history and best epoch
+def test_best_epoch_is_the_highest_validation_value_earliest_on_ties():
+    s = run_history.empty_state()
+    s, best = run_history.record(s, {"epoch": 1, "val_retrieval": 0.4})
+    assert best and s["best_epoch"] == 1
+    s, best = run_history.record(s, {"epoch": 2, "val_retrieval": 0.6})
+    assert best and s["best_epoch"] == 2
+    s, best = run_history.record(s, {"epoch": 3, "val_retrieval": 0.6})  # a tie keeps 2
+    assert not best and s["best_epoch"] == 2
+    s, best = run_history.record(s, {"epoch": 4, "val_retrieval": float("nan")})
+    assert not best and s["best_epoch"] == 2
+    assert [h["epoch"] for h in s["history"]] == [1, 2, 3, 4]
+    assert run_history.selected_epoch(s, "best_val", 4) == 2
+    assert run_history.selected_epoch(s, "last", 4) == 4
+    # the checkpointed JSON round trip (NaN included) keeps it all
+    back = run_history.load_state(run_history.dump_state(s))
+    assert back["best_epoch"] == 2 and back["best_value"] == 0.6 and len(back["history"]) == 4
+    # an epoch validated again after a resume replaces its entry
+    s, best = run_history.record(s, {"epoch": 4, "val_retrieval": 0.7})
+    assert best and s["best_epoch"] == 4 and len(s["history"]) == 4
+    with pytest.raises(ValueError, match="no epoch has a finite"):
+        run_history.selected_epoch(run_history.empty_state(), "best_val", 3)
