@@ -117,3 +117,46 @@ def test_best_epoch_is_the_highest_validation_value_earliest_on_ties():
     assert best and s["best_epoch"] == 4 and len(s["history"]) == 4
     with pytest.raises(ValueError, match="no epoch has a finite"):
         run_history.selected_epoch(run_history.empty_state(), "best_val", 3)
+
+
+def test_make_dataset_indices_keep_those_records(records):
+    from archives.pipeline import make_dataset
+    ds = make_dataset([str(records / "train.tfrecord")], "DLRSD", training=False, batch_size=3,
+                      indices=np.array([1, 4, 6]))
+    got = np.concatenate([b["sample_index"].numpy() for b in ds])
+    np.testing.assert_array_equal(got, [1, 4, 6])
+    with pytest.raises(ValueError, match="indices select evaluation records"):
+        make_dataset([str(records / "train.tfrecord")], "DLRSD", training=True, batch_size=3,
+                     indices=[1])
+
+
+@pytest.mark.parametrize("model_name", ["GRID-BCE", "PCE"])
+def test_probe_measures_the_model_on_the_training_and_validation_records(records, tmp_path,
+                                                                          model_name):
+    from conftest import run_config
+    import models
+    from archives.pipeline import make_dataset
+    from evaluation.memorisation import batch_counts
+
+    cfg = run_config(records, tmp_path, model_name=model_name, val_retrieval_archive=6)
+    model = models.build_model(cfg)
+    probe = epoch_probe.EpochProbe(cfg)
+    assert probe.archive_idx.size == 6 and probe.query_idx is None  # 4 queries: all of them
+    got = probe.measure(epoch_probe.make_probe_fn(model, cfg))
+    # the same numbers, computed here from the model's forward pass on the same 6 records
+    ds = make_dataset(list(cfg.noisy_train_paths), cfg.archive, training=False, batch_size=8,
+                      indices=probe.archive_idx)
+    batch = next(iter(ds))
+    out = model.forward(batch["image"])
+    counts = batch_counts(cfg.task, out["dis"].numpy(), batch, cfg.nb_class)
+    assert counts.corrupted > 0
+    assert got["corrupted_fitted"] == pytest.approx(counts.shares()["corrupted_fitted"])
+    assert got["clean_fitted"] == pytest.approx(counts.shares()["clean_fitted"])
+    feat = model.feature_model(batch["image"]).numpy()
+    val = next(iter(make_dataset(list(cfg.val_tfrecord_paths), cfg.archive, training=False,
+                                 batch_size=8)))
+    name, value = epoch_probe.score_retrieval(model.feature_model(val["image"]).numpy(),
+                                              val["label"], feat, batch["label"], "chi2",
+                                              "DLRSD")
+    assert got["retrieval_metric"] == name == "NDCG@6"
+    assert got["val_retrieval"] == pytest.approx(value)
