@@ -5,7 +5,9 @@ runs the compiled step from ``models.grid`` over ``archives.pipeline.make_datase
 logs TensorBoard scalars from the step's returned metrics (never inside the compiled step),
 checkpoints every epoch before validating it (and on Ctrl-C, mid-epoch), stops on a non-finite
 loss without saving the bad state, and finally writes ``feature_model.keras`` and the dumped
-config atomically. Inputs are checked (``run_guard``) before any output of an earlier run is
+config atomically. After each probed epoch (``val_retrieval_every``) it measures validation
+retrieval and memorisation (evaluation/epoch_probe.py), keeps the per-epoch history and the best
+validation epoch with the checkpoint (run_history.py) and exports the epoch ``select`` names. Inputs are checked (``run_guard``) before any output of an earlier run is
 touched, and an existing run is never replaced without ``overwrite=True``.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 import run_guard
+import run_history
 from atomic_files import atomic_path, remove_stale_temps, write_json_atomic
 from config import Config, ConfigError
 from models.grid import mean_metrics
@@ -198,12 +201,18 @@ class _Run:
         # JSON of the last epoch's training means while its validation and report are pending
         # (a checkpoint is written before validation); "" once the epoch is reported
         self.pending = tf.Variable("", dtype=tf.string, trainable=False, name="pending_report")
+        # JSON of the per-epoch history and the best validation epoch (run_history.py)
+        self.curves = tf.Variable("", dtype=tf.string, trainable=False, name="curves")
         self.checkpoint = tf.train.Checkpoint(
             optimizer=self.optimizer, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
-            training_time_s=self.time_s, pending_report=self.pending,
+            training_time_s=self.time_s, pending_report=self.pending, curves=self.curves,
             **dict(self.model.keras_models),
             **getattr(self.model, "extra_state", {}))  # e.g. SAT/ELR target memory
         self.eval_step = make_eval_step(self.model, cfg)
+        self.probe = self.probe_fn = None
+        if cfg.val_retrieval_every > 0:
+            from evaluation.epoch_probe import EpochProbe, make_probe_fn
+            self.probe, self.probe_fn = EpochProbe(cfg), make_probe_fn(self.model, cfg)
         ckpt_dir = cfg.checkpoint_dir if self.chief else cfg.checkpoint_dir / f"tmp-{worker}"
         self.ckpt_dir = ckpt_dir
         if self.chief:
@@ -368,15 +377,24 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     feature_path = dump_path = None
     if completed and run.chief:
         feature_path = cfg.feature_model_path
-        from deep_features import retrieval_model
-        save_feature_model(retrieval_model(run.model, cfg), feature_path)
+        state = run_history.load_state(run.curves.numpy().decode())
+        selected = run_history.selected_epoch(state, cfg.select, done)
+        if selected == done:
+            from deep_features import retrieval_model
+            save_feature_model(retrieval_model(run.model, cfg), feature_path)
+        else:
+            run_history.copy_atomic(cfg.weights_dir / run_history.BEST_FILE, feature_path)
+            log(f"select best_val: exported epoch {selected} (validation retrieval "
+                f"{state['best_value']:.4f}), not the last ({done})")
         dump_path = cfg.config_dump_path
         if not reported:  # nothing trained or validated in this call: keep the earlier metrics
             final = _previous_final_metrics(dump_path)
         else:
             final = {**epoch_means, **{f"val_{k}": v for k, v in val.items()}}
         write_json_atomic(dump_path, cfg.dump_dict(training_time_s=round(float(run.time_s), 3),
-                                                   final_metrics=final))
+                                                   final_metrics=final,
+                                                   history=state["history"],
+                                                   selected_epoch=selected))
     return RunResult(cfg, done, completed, float(run.time_s), epoch_means, val,
                      feature_path, dump_path, run.model, run.optimizer)
 
@@ -397,16 +415,72 @@ def _report_epoch(run: _Run, writer, epoch_means: Mapping[str, float], epoch: in
         if named is err:
             raise
         raise named from None
-    # both written once validation succeeded: a resumed epoch never logs them twice
+    probed = _probe_epoch(run, epoch_means, val, epoch)
+    # all written once validation succeeded: a resumed epoch never logs them twice
     _write_scalars(writer, "epoch_train", epoch_means, step)
     _write_scalars(writer, "val", val, step)
+    _write_probe_scalars(writer, probed, step)
     writer.flush()
     run.pending.assign("")
     msg = f"epoch {epoch}/{cfg.nb_epoch}: loss {epoch_means.get('loss', math.nan):.4f}"
     if val:
         msg += f", val loss {val.get('loss', math.nan):.4f}"
+    if probed:
+        msg += _probe_text(probed)
     run.log(f"{msg} ({elapsed():.1f} s total)")
     return val
+
+
+def _probe_epoch(run: _Run, epoch_means: Mapping[str, float], val: Mapping[str, float],
+                 epoch: int) -> dict:
+    """Record epoch ``epoch`` in the run's history, with validation retrieval and memorisation
+    when the epoch is probed (returned; {} otherwise); writes the best feature model when the
+    validation retrieval improves. A damaged record file raises RunError naming it."""
+    cfg = run.cfg
+    probed: dict = {}
+    if run.probe is not None and run.probe.due(epoch):
+        paths = list(cfg.noisy_train_paths) + list(cfg.val_tfrecord_paths)
+        try:
+            probed = run.probe.measure(run.probe_fn)
+        except tf.errors.OpError as err:
+            named = run_guard.records_error(
+                paths, cfg.dataset, err,
+                f"epoch {epoch} is checkpointed ({run.last_good}); replace the file and "
+                "continue with --resume, which validates it")
+            if named is err:
+                raise
+            raise named from None
+    entry = {"epoch": epoch, **epoch_means, **{f"val_{k}": v for k, v in val.items()}, **probed}
+    state, best = run_history.record(run_history.load_state(run.curves.numpy().decode()), entry)
+    if best and run.chief:
+        from deep_features import retrieval_model
+        save_feature_model(retrieval_model(run.model, cfg), cfg.weights_dir / run_history.BEST_FILE)
+    run.curves.assign(run_history.dump_state(state))
+    return probed
+
+
+def _write_probe_scalars(writer, probed: Mapping, step: int) -> None:
+    """``val/retrieval_<metric>``, ``memorisation/corrupted_fitted`` and ``.../clean_fitted``
+    (the finite ones)."""
+    values = {}
+    if "retrieval_metric" in probed:
+        values[f"val/retrieval_{probed['retrieval_metric']}"] = probed["val_retrieval"]
+    for key in ("corrupted_fitted", "clean_fitted"):
+        if key in probed:
+            values[f"memorisation/{key}"] = probed[key]
+    with writer.as_default(step=step):
+        for tag, value in values.items():
+            if math.isfinite(value):
+                tf.summary.scalar(tag, value)
+
+
+def _probe_text(probed: Mapping) -> str:
+    text = ""
+    if "retrieval_metric" in probed:
+        text += f", val {probed['retrieval_metric']} {probed['val_retrieval']:.4f}"
+    fitted = [f"{k.split('_')[0]} {probed[k]:.3f}" for k in ("corrupted_fitted", "clean_fitted")
+              if math.isfinite(probed.get(k, math.nan))]
+    return text + (", fitted " + " / ".join(fitted) if fitted else "")
 
 
 def _previous_final_metrics(path: Path) -> dict[str, float]:

@@ -26,6 +26,7 @@ import numpy as np
 from evaluation.memorisation import FitCounts, batch_counts
 
 SUBSET_SEED = 0
+_TARGET_KEYS = ("label", "noisy_label", "seg_map", "noisy_seg_map")
 
 
 def subset_indices(n: int, limit: int, seed: int = SUBSET_SEED) -> np.ndarray | None:
@@ -111,17 +112,24 @@ class EpochProbe:
     """The probe of one run: its fixed query and archive subsets, and ``measure(model)``."""
 
     def __init__(self, cfg):
-        from models.robust import count_records
-
         self.cfg = cfg
         self.task = memorisation_task(cfg)
         self.distance = distance_of(cfg.model_name)
-        self.archive_idx = subset_indices(count_records(cfg.noisy_train_paths),
-                                          cfg.val_retrieval_archive)
         self.has_queries = bool(cfg.val_tfrecord_paths)
-        self.query_idx = (subset_indices(count_records(cfg.val_tfrecord_paths),
-                                         cfg.val_retrieval_queries)
-                          if self.has_queries else None)
+        self._subsets = None  # counted at the first probe (reads the record files)
+
+    @property
+    def subsets(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(training archive positions, validation query positions); None = every record."""
+        if self._subsets is None:
+            from models.robust import count_records
+            cfg = self.cfg
+            archive = subset_indices(count_records(cfg.noisy_train_paths),
+                                     cfg.val_retrieval_archive)
+            query = (subset_indices(count_records(cfg.val_tfrecord_paths),
+                                    cfg.val_retrieval_queries) if self.has_queries else None)
+            self._subsets = (archive, query)
+        return self._subsets
 
     def due(self, epoch: int) -> bool:
         return is_due(epoch, self.cfg.val_retrieval_every, self.cfg.nb_epoch)
@@ -133,12 +141,12 @@ class EpochProbe:
                           batch_size=self.cfg.batch_size, indices=indices)
         feats, labels, total = [], [], FitCounts()
         for batch in ds:
-            out = fn(batch["image"])
-            feats.append(np.asarray(out[0], np.float32).reshape(out[0].shape[0], -1))
-            labels.append(np.asarray(batch["label"], np.float32))
+            out = [t.numpy() for t in fn(batch["image"])]
+            feats.append(out[0].astype(np.float32).reshape(out[0].shape[0], -1))
+            labels.append(batch["label"].numpy().astype(np.float32))
             if counts and self.task is not None:
-                total = total + batch_counts(self.task, np.asarray(out[1]), batch,
-                                             self.cfg.nb_class)
+                arrays = {k: v.numpy() for k, v in batch.items() if k in _TARGET_KEYS}
+                total = total + batch_counts(self.task, out[1], arrays, self.cfg.nb_class)
         if not feats:
             raise ValueError(f"{list(paths)}: no records to probe")
         return np.concatenate(feats), np.concatenate(labels), total
@@ -147,11 +155,12 @@ class EpochProbe:
         """One probe with ``fn`` (from :func:`make_probe_fn`): ``retrieval_metric`` (its
         name), ``val_retrieval`` (NaN without validation records), ``corrupted_fitted``,
         ``clean_fitted`` (NaN where not measured)."""
-        a_feat, a_lab, counts = self._pass(fn, self.cfg.noisy_train_paths, self.archive_idx,
+        archive_idx, query_idx = self.subsets
+        a_feat, a_lab, counts = self._pass(fn, self.cfg.noisy_train_paths, archive_idx,
                                            counts=True)
         out: dict[str, float | str] = {"val_retrieval": math.nan}
         if self.has_queries:
-            q_feat, q_lab, _ = self._pass(fn, self.cfg.val_tfrecord_paths, self.query_idx,
+            q_feat, q_lab, _ = self._pass(fn, self.cfg.val_tfrecord_paths, query_idx,
                                           counts=False)
             name, value = score_retrieval(q_feat, q_lab, a_feat, a_lab, self.distance,
                                           self.cfg.archive)

@@ -7,6 +7,10 @@ recall (empty where the model selects nothing), times, and every retrieval metri
 standard deviation (0 for one seed) of the headline metric, mAP@20, selection precision/recall
 and chance. Plots: ``<headline>_vs_noise.png`` (mean +- sd per model) and
 ``selection_vs_noise.png`` (precision and recall per model, with the chance line).
+``curves.csv``: one row per (cell, epoch) from the runs' per-epoch history (validation
+retrieval, memorisation, selection precision/recall, losses); ``curves_noise<N>.png``: per noise
+level, the validation metric and memorisation against the epoch, one line per model (mean over
+seeds).
 """
 from __future__ import annotations
 
@@ -33,6 +37,76 @@ def load_rows(study: Study) -> list[dict]:
         if path.is_file():
             rows.append(json.loads(path.read_text()))
     return rows
+
+
+CURVE_COLUMNS = ("cell", "model", "noise_prcnt", "seed", "epoch", "retrieval_metric",
+                 "val_retrieval", "corrupted_fitted", "clean_fitted", "sel_precision",
+                 "sel_recall", "loss", "dis_loss", "val_loss")
+
+
+def curve_rows(rows: list[dict]) -> list[dict]:
+    """One dict per (cell, epoch) from the ``history`` of each finished cell."""
+    out = []
+    for r in rows:
+        cell = f"{r['model']}-noise{r['noise_prcnt']}-seed{r['seed']}"
+        for h in r.get("history") or []:
+            out.append({"cell": cell, "model": r["model"], "noise_prcnt": r["noise_prcnt"],
+                        "seed": r["seed"], **{k: h.get(k) for k in CURVE_COLUMNS[4:]}})
+    return out
+
+
+def mean_curves(curves: list[dict], key: str) -> dict[tuple[str, int], tuple[list, list]]:
+    """Per (model, noise): epochs and the mean of ``key`` over seeds at each epoch (epochs
+    where no seed has a value are left out)."""
+    out = {}
+    for model, noise in dict.fromkeys((c["model"], c["noise_prcnt"]) for c in curves):
+        by_epoch: dict[int, list[float]] = {}
+        for c in curves:
+            if (c["model"], c["noise_prcnt"]) == (model, noise) and not _missing(c.get(key)):
+                by_epoch.setdefault(int(c["epoch"]), []).append(float(c[key]))
+        epochs = sorted(by_epoch)
+        if epochs:
+            out[(model, noise)] = (epochs, [float(np.mean(by_epoch[e])) for e in epochs])
+    return out
+
+
+def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:
+    """``curves_noise<N>.png`` per noise level: validation retrieval (left) and memorisation
+    (right: corrupted pairs fitted, solid; clean pairs fitted, dashed) against the epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = next((c["retrieval_metric"] for c in curves if c.get("retrieval_metric")), "")
+    val = mean_curves(curves, "val_retrieval")
+    corrupted = mean_curves(curves, "corrupted_fitted")
+    clean = mean_curves(curves, "clean_fitted")
+    paths = []
+    for noise in study.noise_levels:
+        if not any(k[1] == noise for k in (*val, *corrupted, *clean)):
+            continue
+        fig, (ax_v, ax_m) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+        for i, model in enumerate(study.models):
+            color = f"C{i % 10}"
+            if (model, noise) in val:
+                ax_v.plot(*val[(model, noise)], color=color, label=model)
+            if (model, noise) in corrupted:
+                ax_m.plot(*corrupted[(model, noise)], color=color, label=f"{model} corrupted")
+            if (model, noise) in clean:
+                ax_m.plot(*clean[(model, noise)], color=color, ls="--",
+                          label=f"{model} clean")
+        ax_v.set_ylabel(f"validation {metric} (mean over seeds)")
+        ax_m.set_ylabel("share of training pairs fitted")
+        ax_m.set_ylim(-0.02, 1.02)
+        for ax, title in ((ax_v, "validation retrieval"), (ax_m, "memorisation")):
+            ax.set_title(f"{title}, noise {noise} %")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        paths.append(out_dir / f"curves_noise{noise}.png")
+        _save(fig, paths[-1])
+    return paths
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -155,8 +229,9 @@ def collect(study: Study, headline: str | None = None) -> dict:
     if not rows:
         return {"rows": 0, "cells": len(study.cells)}
     metric_cols = []
-    for r in rows:
-        metric_cols += [k for k in r if k not in FIRST and k not in metric_cols]
+    for r in rows:  # scalars only: the per-epoch history goes to curves.csv
+        metric_cols += [k for k, v in r.items() if k not in FIRST and k not in metric_cols
+                        and not isinstance(v, (list, dict))]
     _write_text(out / "study.csv", _csv(rows, list(FIRST) + metric_cols))
     info = registry.ARCHIVES.get(study.base.get("dataset"))
     headline = headline or (info.headline_metric if info else "NDCG@20")
@@ -168,6 +243,10 @@ def collect(study: Study, headline: str | None = None) -> dict:
     table = markdown(summary, keys)
     _write_text(out / "summary.md", table)
     plots = plot(summary, headline, out, study) if summary else []
+    files = [out / "study.csv", out / "summary.csv", out / "summary.md", *plots]
+    curves = curve_rows(rows)
+    if curves:
+        _write_text(out / "curves.csv", _csv(curves, list(CURVE_COLUMNS)))
+        files += [out / "curves.csv", *plot_curves(curves, out, study)]
     return {"rows": len(rows), "cells": len(study.cells), "table": table,
-            "files": [str(out / "study.csv"), str(out / "summary.csv"), str(out / "summary.md"),
-                      *map(str, plots)]}
+            "files": [str(f) for f in files]}

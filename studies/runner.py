@@ -73,6 +73,42 @@ def _retrieval_args(study: Study, dump_path: Path):
     return retrieval.parse_args(argv)
 
 
+BEST_VAL_METRICS = ("NDCG@20", "NDCG@30", "mAP@20")
+
+
+def _best_val_metrics(study: Study, cfg, dump: dict) -> dict:
+    """Test retrieval of the best validation epoch's feature model beside the exported one:
+    ``best_val_epoch`` and ``best_val_<metric>`` (NDCG@20/30, mAP@20). Empty when the run kept
+    no such model; the exported figures when it is the exported epoch already."""
+    import json
+
+    import retrieval
+    from run_history import BEST_FILE
+
+    history = dump.get("history") or []
+    best = max((h for h in history if _finite(h.get("val_retrieval"))),
+               key=lambda h: h["val_retrieval"], default=None)
+    best_path = cfg.weights_dir / BEST_FILE
+    if best is None or not best_path.is_file():
+        return {}
+    out = {"best_val_epoch": int(best["epoch"])}
+    if int(best["epoch"]) == dump.get("selected_epoch"):  # exported already: same figures
+        res = json.loads((cfg.features_dir / "retrieval.json").read_text())
+    else:
+        copy = {**dump, "run_name": f"{dump['run_name']}-best_val",
+                "feature_model_path": str(best_path)}
+        path = cfg.config_dump_path.with_name(f"{copy['run_name']}.json")
+        write_json_atomic(path, copy)
+        _, res = retrieval.run_config(str(path), _retrieval_args(study, path))
+    out.update({f"best_val_{k}": res["metrics"][k] for k in BEST_VAL_METRICS
+                if k in res["metrics"]})
+    return out
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def run_cell(study: Study, index: int, *, show_progress: bool = False, log=_log) -> dict:
     """Train and evaluate one cell (or return its saved result); returns its result row."""
     import json
@@ -104,7 +140,8 @@ def run_cell(study: Study, index: int, *, show_progress: bool = False, log=_log)
         raise RuntimeError(f"{cell.name}: training stopped before nb_epoch")
     t_train = time.perf_counter() - start
     _, res = retrieval.run_config(str(cfg.config_dump_path), _retrieval_args(study, cfg.config_dump_path))
-    final = json.loads(cfg.config_dump_path.read_text()).get("final_metrics") or {}
+    dump = json.loads(cfg.config_dump_path.read_text())
+    final = dump.get("final_metrics") or {}
     row = {"model": cell.model, "noise_prcnt": cell.noise_prcnt, "seed": cell.seed,
            "chance_level": corrupted_share(cfg),
            "sel_precision": final.get("sel_precision", math.nan),
@@ -112,7 +149,9 @@ def run_cell(study: Study, index: int, *, show_progress: bool = False, log=_log)
            "train_time_s": round(float(result.training_time_s), 2),
            "cell_time_s": round(time.perf_counter() - start, 2),
            "retrieval_time_s": round(time.perf_counter() - start - t_train, 2),
-           "run_name": cfg.run_name, **res["metrics"]}
+           "run_name": cfg.run_name, **res["metrics"],
+           "selected_epoch": dump.get("selected_epoch"),
+           **_best_val_metrics(study, cfg, dump), "history": dump.get("history") or []}
     write_json_atomic(result_path, row)
     log(f"[{index}] {cell.name}: done in {row['cell_time_s']:.0f} s")
     return row

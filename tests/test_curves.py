@@ -141,11 +141,12 @@ def test_probe_measures_the_model_on_the_training_and_validation_records(records
     cfg = run_config(records, tmp_path, model_name=model_name, val_retrieval_archive=6)
     model = models.build_model(cfg)
     probe = epoch_probe.EpochProbe(cfg)
-    assert probe.archive_idx.size == 6 and probe.query_idx is None  # 4 queries: all of them
+    archive_idx, query_idx = probe.subsets
+    assert archive_idx.size == 6 and query_idx is None  # 4 queries: all of them
     got = probe.measure(epoch_probe.make_probe_fn(model, cfg))
     # the same numbers, computed here from the model's forward pass on the same 6 records
     ds = make_dataset(list(cfg.noisy_train_paths), cfg.archive, training=False, batch_size=8,
-                      indices=probe.archive_idx)
+                      indices=archive_idx)
     batch = next(iter(ds))
     out = model.forward(batch["image"])
     counts = batch_counts(cfg.task, out["dis"].numpy(), batch, cfg.nb_class)
@@ -160,3 +161,66 @@ def test_probe_measures_the_model_on_the_training_and_validation_records(records
                                               "DLRSD")
     assert got["retrieval_metric"] == name == "NDCG@6"
     assert got["val_retrieval"] == pytest.approx(value)
+
+
+def _train(cfg, **kw):
+    import training
+    return training.train(cfg, show_progress=False, log=lambda m: None, **kw)
+
+
+def test_training_logs_history_and_exports_the_best_validation_epoch_across_resume(
+        records, tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    values = {1: 0.9, 2: 0.5, 3: 0.7}  # validation retrieval per epoch: epoch 1 is the best
+    calls = []
+
+    def fake_measure(self, fn):
+        epoch = len(calls) + 1
+        calls.append(epoch)
+        return {"retrieval_metric": "NDCG@4", "val_retrieval": values[epoch],
+                "corrupted_fitted": 0.1 * epoch, "clean_fitted": 0.5}
+
+    monkeypatch.setattr(epoch_probe.EpochProbe, "measure", fake_measure)
+    from conftest import run_config
+    cfg = run_config(records, tmp_path, nb_epoch=3, select="best_val")
+    best = cfg.weights_dir / run_history.BEST_FILE
+    _train(cfg, max_epochs=1)  # "interrupted" after epoch 1
+    digest = hashlib.sha256(best.read_bytes()).hexdigest()
+    assert not cfg.feature_model_path.exists()
+    _train(cfg, resume=True)
+    assert calls == [1, 2, 3]
+    assert hashlib.sha256(best.read_bytes()).hexdigest() == digest  # never beaten: not rewritten
+    assert cfg.feature_model_path.read_bytes() == best.read_bytes()
+    dump = json.loads(cfg.config_dump_path.read_text())
+    assert dump["selected_epoch"] == 1 and dump["select"] == "best_val"
+    assert [h["epoch"] for h in dump["history"]] == [1, 2, 3]
+    assert [h["val_retrieval"] for h in dump["history"]] == [0.9, 0.5, 0.7]
+    assert dump["history"][2]["corrupted_fitted"] == pytest.approx(0.3)
+    assert "loss" in dump["history"][0] and "val_loss" in dump["history"][0]
+    assert "sel_precision" in dump["history"][0]
+
+
+def test_training_with_select_last_exports_the_last_epoch_and_logs_the_probe(records, tmp_path):
+    import json
+
+    from conftest import run_config
+    cfg = run_config(records, tmp_path, nb_epoch=2, model_name="BCE")
+    lines = []
+    import training
+    training.train(cfg, show_progress=False, log=lines.append)
+    dump = json.loads(cfg.config_dump_path.read_text())
+    assert dump["selected_epoch"] == 2 and len(dump["history"]) == 2
+    for h in dump["history"]:
+        assert h["retrieval_metric"] == "NDCG@8" and 0.0 <= h["val_retrieval"] <= 1.0
+        assert 0.0 <= h["corrupted_fitted"] <= 1.0 and 0.0 <= h["clean_fitted"] <= 1.0
+    assert any(", val NDCG@8 " in m and "fitted corrupted" in m for m in lines)
+    # the TensorBoard scalars of the probe
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(cfg.summaries_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    assert {"val/retrieval_NDCG@8", "memorisation/corrupted_fitted",
+            "memorisation/clean_fitted"} <= tags
+    assert len(acc.Tensors("val/retrieval_NDCG@8")) == 2
