@@ -73,12 +73,13 @@ def _retrieval_args(study: Study, dump_path: Path):
     return retrieval.parse_args(argv)
 
 
+# best_val_<metric> columns; an archive below these cut-offs gets NDCG@K and mAP@K instead
 BEST_VAL_METRICS = ("NDCG@20", "NDCG@30", "mAP@20")
 
 
 def _best_val_metrics(study: Study, cfg, dump: dict) -> dict:
     """Test retrieval of the best validation epoch's feature model beside the exported one:
-    ``best_val_epoch`` and ``best_val_<metric>`` (NDCG@20/30, mAP@20). Empty when the run kept
+    ``best_val_epoch`` and ``best_val_<metric>`` (BEST_VAL_METRICS). Empty when the run kept
     no such model; the exported figures when it is the exported epoch already."""
     import json
 
@@ -100,8 +101,10 @@ def _best_val_metrics(study: Study, cfg, dump: dict) -> dict:
         path = cfg.config_dump_path.with_name(f"{copy['run_name']}.json")
         write_json_atomic(path, copy)
         _, res = retrieval.run_config(str(path), _retrieval_args(study, path))
-    out.update({f"best_val_{k}": res["metrics"][k] for k in BEST_VAL_METRICS
-                if k in res["metrics"]})
+    metrics = res["metrics"]
+    keys = [k for k in BEST_VAL_METRICS if k in metrics] or [
+        k for k in (f"NDCG@{res['max_topk']}", f"mAP@{res['max_topk']}") if k in metrics]
+    out.update({f"best_val_{k}": metrics[k] for k in keys})
     return out
 
 

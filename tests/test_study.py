@@ -170,3 +170,83 @@ def test_shipped_study_and_demo_configs_are_valid(monkeypatch):
         demo = Config.from_json(f"configs/{name}.json")
         assert demo.suffix == "hard" and "DLRSD-hard" in demo.train_tfrecord_paths[0]
         assert demo.nb_epoch == s.overrides["nb_epoch"] and demo.backbone == cfg.backbone
+
+
+SEL40 = {"name": "GRID-BCE-sel40", "model_name": "GRID-BCE", "noisy_sel_prcnt": 40}
+
+
+def test_named_model_variants(tmp_path, base_config):
+    s = load_study(_study(tmp_path, base_config, models=["GRID-BCE", SEL40]))
+    assert [c.name for c in s.cells] == ["GRID-BCE-noise50-seed0", "GRID-BCE-sel40-noise50-seed0"]
+    plain, sel40 = (s.cell_config(c) for c in s.cells)
+    assert (plain.noisy_sel_prcnt, sel40.noisy_sel_prcnt) == (25, 40)  # base, variant
+    assert plain.suffix == "seed0" and sel40.suffix == "GRID-BCE-sel40-seed0"
+    assert sel40.model_name == "GRID-BCE" and plain.run_name != sel40.run_name
+    from studies.spec import to_dict
+    assert to_dict(s)["models"] == ["GRID-BCE", SEL40]
+
+
+@pytest.mark.parametrize("variant, message", [
+    ({"model_name": "BCE"}, r"models\[1\].name: required"),
+    ({"name": "a/b", "model_name": "BCE"}, r"models\[1\].name: 'a/b' names files"),
+    ({"name": "X"}, r"models\[1\].model_name: required"),
+    ({"name": "X", "model_name": "BCE", "seed": 1}, r"models\[1\].seed: set per cell"),
+    ({"name": "X", "model_name": "BCE", "kl_reduktion": "latent"},
+     r"models\[1\].kl_reduktion: unknown key"),
+    ({"name": "BCE", "model_name": "GRID-BCE"}, "models: duplicate entries"),
+    ({"name": "X", "model_name": "BCE", "kl_reduction": "rows"},
+     "cell X-noise50-seed0: kl_reduction: 'rows' is not one of"),
+    (3, r"models\[1\]: expected a model name or an object"),
+])
+def test_model_variant_errors_name_the_entry(tmp_path, base_config, variant, message):
+    path = _study(tmp_path, base_config, models=["BCE", variant])
+    with pytest.raises(StudyError, match=message):
+        load_study(path)
+
+
+def test_two_epoch_study_writes_its_curves(tmp_path, base_config):
+    path = _study(tmp_path, base_config, models=["BCE", SEL40], nb_epoch=2)
+    out = tmp_path / "out"
+    assert study_cli.main([str(path)]) == 0
+    with open(out / "curves.csv") as fh:
+        curves = list(csv.DictReader(fh))
+    assert [(r["cell"], r["epoch"]) for r in curves] == [
+        ("BCE-noise50-seed0", "1"), ("BCE-noise50-seed0", "2"),
+        ("GRID-BCE-sel40-noise50-seed0", "1"), ("GRID-BCE-sel40-noise50-seed0", "2")]
+    for r in curves:
+        assert r["retrieval_metric"] == "NDCG@8"  # training archive of 8 (< 20): NDCG@8
+        assert 0.0 <= float(r["val_retrieval"]) <= 1.0
+        assert 0.0 <= float(r["corrupted_fitted"]) <= 1.0
+        assert 0.0 <= float(r["clean_fitted"]) <= 1.0
+        assert float(r["loss"]) > 0
+    assert curves[0]["sel_precision"] == "" and 0.0 <= float(curves[2]["sel_precision"]) <= 1.0
+    # the history matches the run's dumped config
+    s = load_study(path)
+    dump = json.loads(s.cell_config(s.cells[1]).config_dump_path.read_text())
+    assert [float(r["val_retrieval"]) for r in curves[2:]] == pytest.approx(
+        [h["val_retrieval"] for h in dump["history"]])
+    assert (out / "curves_noise50.png").stat().st_size > 1000
+    with open(out / "study.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert "history" not in rows[0] and rows[1]["model"] == "GRID-BCE-sel40"
+    for r in rows:  # the best validation epoch's test figures beside the exported (last) ones
+        assert r["selected_epoch"] == "2" and r["best_val_epoch"] in ("1", "2")
+        if r["best_val_epoch"] == "2":
+            assert r["best_val_mAP@10"] == r["mAP@10"]
+        else:
+            assert 0.0 <= float(r["best_val_mAP@10"]) <= 1.0
+
+
+def test_curves_are_averaged_over_seeds_per_epoch():
+    rows = [{"model": "BCE", "noise_prcnt": 50, "seed": s,
+             "history": [{"epoch": 1, "val_retrieval": v1, "corrupted_fitted": 0.1},
+                         {"epoch": 2, "val_retrieval": v2}]}
+            for s, v1, v2 in ((0, 0.2, 0.4), (1, 0.4, float("nan")))]
+    curves = report.curve_rows(rows)
+    assert [(c["cell"], c["epoch"]) for c in curves] == [
+        ("BCE-noise50-seed0", 1), ("BCE-noise50-seed0", 2), ("BCE-noise50-seed1", 1),
+        ("BCE-noise50-seed1", 2)]
+    assert curves[1]["corrupted_fitted"] is None
+    means = report.mean_curves(curves, "val_retrieval")
+    assert means[("BCE", 50)] == ([1, 2], [pytest.approx(0.3), 0.4])  # NaN left out
+    assert report.mean_curves(curves, "corrupted_fitted")[("BCE", 50)] == ([1], [0.1])
