@@ -224,3 +224,24 @@ def test_training_with_select_last_exports_the_last_epoch_and_logs_the_probe(rec
     assert {"val/retrieval_NDCG@8", "memorisation/corrupted_fitted",
             "memorisation/clean_fitted"} <= tags
     assert len(acc.Tensors("val/retrieval_NDCG@8")) == 2
+
+
+def test_grid_pce_kl_reduction_scales_by_rows_over_latent_dims():
+    import models
+    from models.config import ModelConfig
+
+    def kl(reduction):
+        cfg = ModelConfig(model_name="GRID-PCE", nb_class=3, input_shape=(32, 32, 3),
+                          backbone="small_cnn", embed_dim=6, kl_reduction=reduction)
+        import keras
+        keras.utils.set_random_seed(0)  # the same weights for both reductions
+        model = models.build_model(cfg)
+        batch = {"image": tf.random.stateless_normal((2, 32, 32, 3), [1, 2]),
+                 "noisy_seg_map": tf.zeros((2, 32, 32), tf.int32)}
+        return model.per_sample_losses(batch)["kl"].numpy(), model.z_shape
+
+    ours, z_shape = kl("latent")
+    published, _ = kl("published")
+    h, _, e = z_shape
+    assert h != e and np.all(ours > 0)
+    np.testing.assert_allclose(ours, published * e / h, rtol=1e-5)
