@@ -250,3 +250,19 @@ def test_curves_are_averaged_over_seeds_per_epoch():
     means = report.mean_curves(curves, "val_retrieval")
     assert means[("BCE", 50)] == ([1, 2], [pytest.approx(0.3), 0.4])  # NaN left out
     assert report.mean_curves(curves, "corrupted_fitted")[("BCE", 50)] == ([1], [0.1])
+
+
+def test_a_variant_may_run_at_some_noise_levels_only(tmp_path, base_config):
+    jocor = {"name": "JoCoR", "model_name": "JoCoR", "noise_levels": [50]}
+    s = load_study(_study(tmp_path, base_config, noise_levels=[0, 50],
+                          models=["BCE", jocor, {**SEL40, "noise_levels": [50]}]))
+    assert [c.name for c in s.cells] == ["BCE-noise0-seed0", "BCE-noise50-seed0",
+                                         "JoCoR-noise50-seed0", "GRID-BCE-sel40-noise50-seed0"]
+    assert s.cell_config(s.cells[2]).suffix == "seed0"  # the plain model: run name unchanged
+    from studies.spec import to_dict
+    assert to_dict(s)["models"][1] == jocor
+    bad = _study(tmp_path, base_config, noise_levels=[0, 50],
+                 models=["BCE", {**SEL40, "noise_levels": [30]}])
+    with pytest.raises(StudyError, match=r"models\[1\].noise_levels: 30 is not one of the "
+                                         r"study's noise_levels \[0, 50\]"):
+        load_study(bad)
