@@ -75,7 +75,7 @@ def main() -> None:
     cfgs = [Config.from_json(ROOT / path) for path in CONFIGS[args.dataset]]
     for path, cfg in zip(CONFIGS[args.dataset], cfgs):
         if not (ROOT / cfg.config_dump_path).exists():
-            run(["train.py", path, "--resume", *verbose])  # continues an interrupted demo run
+            run(["train.py", path, "--resume-if-any", *verbose])  # continues an interrupted run
         run(["retrieval.py", str(cfg.config_dump_path), "--plot", str(args.plot), *verbose])
 
     print_table([summary_row(cfg) for cfg in cfgs])

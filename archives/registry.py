@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from bigearthnet_common import constants as _ben_constants  # plain lists; no TF, no GDAL
 
 
+def relation_size(nb_class: int) -> int:
+    """Size of the RRL target: the upper triangle of a C x C matrix, diagonal included."""
+    return nb_class * (nb_class + 1) // 2
+
+
 @dataclass(frozen=True)
 class BandSet:
     """An alternative set of input channels of an archive (e.g. S1, S2 or both)."""
@@ -70,8 +75,7 @@ class ArchiveInfo:
 
     @property
     def out_size(self) -> int:
-        """Size of the RRL target: the upper triangle of a C x C matrix, diagonal included."""
-        return self.nb_class * (self.nb_class + 1) // 2
+        return relation_size(self.nb_class)
 
     def load(self):
         """The archive's module (imported on first use; it may import TensorFlow)."""

@@ -43,17 +43,19 @@ def is_due(epoch: int, every: int, nb_epoch: int) -> bool:
 
 
 def distance_of(model_name: str) -> str:
-    """The distance retrieval.py ranks this model's features with by default."""
-    return {"MiLaN": "hamming", "OffTheShelf": "cosine"}.get(model_name, "chi2")
+    """The distance retrieval.py ranks this model's features with by default (its registry
+    entry's, else chi-square)."""
+    from models import registry
+    return registry.get(model_name).retrieval_metric or "chi2"
 
 
 def memorisation_task(cfg) -> str | None:
-    """The head whose predictions measure memorisation: "BCE", "PCE", "RRL" or None (none)."""
-    if cfg.model_name in ("MiLaN", "OffTheShelf"):
-        return None
-    if cfg.model_name in ("SAT", "ELR", "JoCoR"):
-        return "BCE"
-    return cfg.task
+    """The head whose predictions measure memorisation: "BCE", "PCE", "RRL", or None for a
+    model without a discriminative head (its registry task "hash" or "none")."""
+    from evaluation.memorisation import TASKS
+    from models import registry
+    task = registry.get(cfg.model_name).task
+    return task if task in TASKS else None
 
 
 def score_retrieval(query_feature, query_label, archive_feature, archive_label,
@@ -94,10 +96,12 @@ def make_probe_fn(model, cfg):
     """
     import tensorflow as tf
 
+    from models.base import compile_step
+
     net = getattr(model, "net", model)  # robust models: the retrieval network
     if not hasattr(net, "dis_head"):
-        retrieval = getattr(net, "retrieval_model", None) or net.feature_model
-        return tf.function(lambda images: (retrieval(images, training=False),))
+        retrieval = model.retrieval_model()
+        return compile_step(lambda images: (retrieval(images, training=False),))
     output = getattr(cfg, "feature_layer", "pooling") == "output"
 
     def fn(images):
@@ -105,7 +109,7 @@ def make_probe_fn(model, cfg):
         pooled = net.pool(fmap)
         dis = net.dis_head(pooled if net.pooled else fmap, training=False)
         return (tf.sigmoid(dis) if output else pooled), dis
-    return tf.function(fn)
+    return compile_step(fn)
 
 
 class EpochProbe:

@@ -5,7 +5,7 @@ import os
 import keras
 from keras import layers
 
-from config import BACKBONES  # the names a config may give; every one is built here
+from models.registry import BACKBONES  # the names a config may give; every one is built here
 
 _APPS = {
     "densenet121": "DenseNet121", "resnet50": "ResNet50", "resnet101": "ResNet101",

@@ -153,7 +153,8 @@ def run_cell(study: Study, index: int, *, show_progress: bool = False, log=_log)
     log(f"[{index}] {cell.name}: training {cfg.run_name}" + (" (resuming)" if resume else ""))
     # resume=True also starts afresh when nothing was checkpointed yet; a plain start would be
     # refused over the summaries an interruption before the first checkpoint leaves behind
-    result = training.train(cfg, resume=True, show_progress=show_progress, log=log)
+    result = training.train(cfg, resume=True, show_progress=show_progress, log=log,
+                            say_if_nothing_to_resume=False)
     keras.backend.clear_session()
     if not result.completed:
         raise RuntimeError(f"{cell.name}: training stopped before nb_epoch")

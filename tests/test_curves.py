@@ -245,3 +245,17 @@ def test_grid_pce_kl_reduction_scales_by_rows_over_latent_dims():
     h, _, e = z_shape
     assert h != e and np.all(ours > 0)
     np.testing.assert_allclose(ours, published * e / h, rtol=1e-5)
+
+
+def test_milan_probe_ranks_hash_codes_and_measures_no_memorisation(records, tmp_path):
+    import json
+
+    from conftest import run_config
+    cfg = run_config(records, tmp_path, model_name="MiLaN", batch_size=6, nb_epoch=1,
+                     hash_bits=16)
+    _train(cfg)
+    (entry,) = json.loads(cfg.config_dump_path.read_text())["history"]
+    assert entry["retrieval_metric"] == "NDCG@8" and 0.0 <= entry["val_retrieval"] <= 1.0
+    assert math.isnan(entry["corrupted_fitted"]) and math.isnan(entry["clean_fitted"])
+    assert epoch_probe.distance_of("MiLaN") == "hamming"
+    assert epoch_probe.memorisation_task(cfg) is None
