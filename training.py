@@ -220,7 +220,7 @@ class _Run:
         self.probe = self.probe_fn = None
         if cfg.val_retrieval_every > 0 and self.model.epochs:
             from evaluation.epoch_probe import EpochProbe, make_probe_fn
-            self.probe, self.probe_fn = EpochProbe(cfg), make_probe_fn(self.model, cfg)
+            self.probe, self.probe_fn = EpochProbe(cfg, log), make_probe_fn(self.model, cfg)
         self.ckpt_dir = cfg.checkpoint_dir if self.chief else cfg.checkpoint_dir / f"tmp-{worker}"
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.ckpt_dir),
                                                   max_to_keep=MAX_CHECKPOINTS)

@@ -115,8 +115,9 @@ def make_probe_fn(model, cfg):
 class EpochProbe:
     """The probe of one run: its fixed query and archive subsets, and ``measure(model)``."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, cfg, log=print):
+        self.cfg, self.log = cfg, log
+        self.unscored = False  # validation retrieval could not be scored (said once)
         self.task = memorisation_task(cfg)
         self.distance = distance_of(cfg.model_name)
         self.has_queries = bool(cfg.val_tfrecord_paths)
@@ -143,12 +144,13 @@ class EpochProbe:
 
         ds = make_dataset(list(paths), self.cfg.archive, training=False,
                           batch_size=self.cfg.batch_size, indices=indices)
-        feats, labels, total = [], [], FitCounts()
+        feats, labels, total = [], [], None
         for batch in ds:
             out = [t.numpy() for t in fn(batch["image"])]
             feats.append(out[0].astype(np.float32).reshape(out[0].shape[0], -1))
             labels.append(batch["label"].numpy().astype(np.float32))
-            if counts and self.task is not None:
+            if counts and self.task is not None and len(out) > 1:  # a discriminative head
+                total = total or FitCounts()
                 arrays = {k: v.numpy() for k, v in batch.items() if k in _TARGET_KEYS}
                 total = total + batch_counts(self.task, out[1], arrays, self.cfg.nb_class)
         if not feats:
@@ -158,7 +160,8 @@ class EpochProbe:
     def measure(self, fn) -> dict[str, float | str]:
         """One probe with ``fn`` (from :func:`make_probe_fn`): ``retrieval_metric`` (its
         name), ``val_retrieval`` (NaN without validation records), ``corrupted_fitted``,
-        ``clean_fitted`` (NaN where not measured)."""
+        ``clean_fitted`` (NaN where not measured: no task head, or a model whose ``fn`` gives
+        no discriminative output)."""
         archive_idx, query_idx = self.subsets
         a_feat, a_lab, counts = self._pass(fn, self.cfg.noisy_train_paths, archive_idx,
                                            counts=True)
@@ -166,9 +169,15 @@ class EpochProbe:
         if self.has_queries:
             q_feat, q_lab, _ = self._pass(fn, self.cfg.val_tfrecord_paths, query_idx,
                                           counts=False)
-            name, value = score_retrieval(q_feat, q_lab, a_feat, a_lab, self.distance,
-                                          self.cfg.archive)
-            out.update(retrieval_metric=name, val_retrieval=value)
-        out.update(counts.shares() if self.task is not None else
+            from evaluation.features import FeatureFileError
+            try:
+                name, value = score_retrieval(q_feat, q_lab, a_feat, a_lab, self.distance,
+                                              self.cfg.archive)
+                out.update(retrieval_metric=name, val_retrieval=value)
+            except FeatureFileError as err:  # e.g. negative features for chi-square
+                if not self.unscored:
+                    self.log(f"note: validation retrieval not scored ({err}); training goes on")
+                self.unscored = True
+        out.update(counts.shares() if counts is not None else
                    {"corrupted_fitted": math.nan, "clean_fitted": math.nan})
         return out

@@ -259,3 +259,16 @@ def test_milan_probe_ranks_hash_codes_and_measures_no_memorisation(records, tmp_
     assert math.isnan(entry["corrupted_fitted"]) and math.isnan(entry["clean_fitted"])
     assert epoch_probe.distance_of("MiLaN") == "hamming"
     assert epoch_probe.memorisation_task(cfg) is None
+
+
+def test_a_feature_the_distance_cannot_rank_is_noted_once_not_fatal(records, tmp_path):
+    from conftest import run_config
+    cfg = run_config(records, tmp_path, model_name="BCE")
+    notes = []
+    probe = epoch_probe.EpochProbe(cfg, notes.append)
+    negative = lambda images: (-tf.ones((tf.shape(images)[0], 3)),)  # noqa: E731
+    for _ in range(2):
+        got = probe.measure(negative)
+        assert math.isnan(got["val_retrieval"]) and "retrieval_metric" not in got
+        assert math.isnan(got["corrupted_fitted"])  # no discriminative output: not measured
+    assert len(notes) == 1 and "negative values" in notes[0]
