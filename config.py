@@ -171,7 +171,7 @@ class Config:
     kl_weight: float = 1.0
     strategy: str = "default"
     jit_compile: bool = False  # XLA-compile the training and evaluation steps (GRID/baselines)
-    # MiLaN (SPEC 8) and deep features (SPEC 9)
+    # MiLaN and deep features (docs/hashing.md)
     hash_bits: int = 32
     train_backbone: bool = False
     triplet_labels: str = "label"

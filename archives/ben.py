@@ -49,7 +49,7 @@ TRAIN_CROP = INFO.train_crop
 BAND_NAMES = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 BAND_SIZES = {"B01": 20, "B02": 120, "B03": 120, "B04": 120, "B05": 60, "B06": 60, "B07": 60,
               "B08": 120, "B8A": 60, "B09": 20, "B11": 60, "B12": 60}
-BAND_STATS = registry.BEN_BAND_STATS  # per-band mean / std of raw reflectance (SPEC 1)
+BAND_STATS = registry.BEN_BAND_STATS  # per-band mean / std of raw reflectance (the published values)
 MODEL_BANDS = INFO.channel_names
 HIGH_RES_BANDS = MODEL_BANDS[:4]  # 10 m bands, then the 20 m ones resized to 120 x 120
 LOW_RES_BANDS = MODEL_BANDS[4:]
@@ -241,7 +241,7 @@ def official_splits(root: str | os.PathLike) -> tuple[dict[str, list[str]], dict
 # ---------------------------------------------------------------- label noise
 
 def inject_noise(clean: np.ndarray, percent: int, rng: np.random.Generator) -> np.ndarray:
-    """Noisy copy of clean multi-hot labels (N, C) float32, SPEC section 2 for BEN.
+    """Noisy copy of clean multi-hot labels (N, C) float32, the BigEarthNet rule of docs/data.md ('Label noise').
 
     ``archives.noise.pick_count`` (percent % of the positive (patch, class) pairs, rounded
     down as published) pairs are picked uniformly without replacement; each picked class is set to 0 and one

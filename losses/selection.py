@@ -1,4 +1,4 @@
-"""Noisy-sample selection of the GRID step (SPEC section 4)."""
+"""Noisy-sample selection of the GRID step (docs/training.md, 'The model and the step'; ties: docs/differences.md, 'Selection ties')."""
 import tensorflow as tf
 
 
