@@ -1,4 +1,4 @@
-"""`make demo`: sample archive -> TFRecords -> a GRID model and its baseline on 50% noise -> retrieval table.
+"""`make demo`: sample archive -> TFRecords -> GRID and its baseline at 50% noise -> retrieval table.
 
 DLRSD (default) and BEN train GRID-BCE and BCE; BENv2 trains GRID-PCE and PCE on the v2 sample's
 reference maps. DLRSD uses the hard variant of the sample archive (``--variant hard``, 20 per

@@ -241,7 +241,7 @@ def official_splits(root: str | os.PathLike) -> tuple[dict[str, list[str]], dict
 # ---------------------------------------------------------------- label noise
 
 def inject_noise(clean: np.ndarray, percent: int, rng: np.random.Generator) -> np.ndarray:
-    """Noisy copy of clean multi-hot labels (N, C) float32, the BigEarthNet rule of docs/data.md ('Label noise').
+    """Noisy copy of clean multi-hot labels (N, C) float32: BigEarthNet's rule (docs/data.md).
 
     ``archives.noise.pick_count`` (percent % of the positive (patch, class) pairs, rounded
     down as published) pairs are picked uniformly without replacement; each picked class is set to 0 and one

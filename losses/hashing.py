@@ -12,7 +12,7 @@ Triplet sampling:
 - single-label data (each row has one label; MiLaN's scene classes), as published: every
   batch picks two different classes at random, T anchors and T positives from the first,
   T negatives from the second (items drawn at random, with replacement);
-- multi-label data (this project's decision, the natural extension of MiLaN's single-label rule): anchors at random;
+- multi-label data (this project's decision, MiLaN's rule extended): anchors at random;
   a positive shares at least one label with its anchor, a negative shares none. Anchors with
   no possible positive or negative are not drawn.
 """

@@ -1,4 +1,4 @@
-"""Noisy-sample selection of the GRID step (docs/training.md, 'The model and the step'; ties: docs/differences.md, 'Selection ties')."""
+"""Noisy-sample selection of the GRID step (docs/training.md; ties: docs/differences.md)."""
 import tensorflow as tf
 
 

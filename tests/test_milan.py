@@ -324,7 +324,7 @@ def test_milan_on_ben_records(tmp_path):
         sum(1 for _ in tf.data.TFRecordDataset(cfg.train_tfrecord_paths))
 
 
-# ---- deep features: off the shelf and fine-tuned ------------------------------------------------------
+# ---- deep features: off the shelf and fine-tuned ---------------------------------------------
 def test_off_the_shelf_features_come_from_the_weights_file(dlrsd, tmp_path):
     cfg = _cfg(dlrsd, tmp_path, model_name="OffTheShelf", batch_size=4, noise_prcnt=0)
     res = training.train(cfg, show_progress=False, log=lambda m: None)
