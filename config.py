@@ -335,16 +335,29 @@ class Config:
 
     @property
     def noisy_train_paths(self) -> tuple[str, ...]:
-        """Training files actually read: basename -> train_noise_prcnt<N>.tfrecord when N > 0."""
+        """Training files actually read when N = noise_prcnt > 0: beside records of a sharded
+        prep (records_meta.json says so), the train paths plus the level's noise overlay
+        ``train_noise_prcnt<N>.overlay.npz``; otherwise train_noise_prcnt<N>.tfrecord in
+        place of each train file (docs/full-scale.md)."""
+        from archives.record_files import overlay_name
+        from archives.records_meta import overlay_layout
+
         if self.noise_prcnt == 0:
             return self.train_tfrecord_paths
         name = f"train_noise_prcnt{self.noise_prcnt}.tfrecord"
         out: list[str] = []
+        overlays: list[str] = []
         for path in self.train_tfrecord_paths:
-            noisy = os.path.join(os.path.dirname(path), name)
+            folder = os.path.dirname(path)
+            if overlay_layout(folder or "."):
+                noisy, overlay = path, os.path.join(folder, overlay_name(self.noise_prcnt))
+                if overlay not in overlays:
+                    overlays.append(overlay)
+            else:
+                noisy = os.path.join(folder, name)
             if noisy not in out:
                 out.append(noisy)
-        return tuple(out)
+        return tuple(out + overlays)
 
     @property
     def run_name(self) -> str:

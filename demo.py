@@ -55,7 +55,9 @@ def prepare(dataset: str, verbose: list[str] = ()) -> None:
     if not (ROOT / raw).exists():
         run(["-m", "archives.sample", "--dataset", dataset, "--out", str(raw), "--seed", "0",
              *info.demo_sample_args, *verbose])
-    if not (ROOT / out / "TFRecord" / f"train_noise_prcnt{NOISE}.tfrecord").exists():
+    from archives.record_files import prepared
+
+    if not prepared(ROOT / out / "TFRecord", [NOISE]):
         run([arg.format(raw=raw, out=out) for arg in info.demo_prep]
             + ["--noise-levels", str(NOISE), *verbose])
 

@@ -158,6 +158,10 @@ def run_config(path: str, args) -> tuple[str, dict]:
            "dataset": run.dataset, "model_name": run.model_name,
            "train_tfrecord_paths": list(run.train_tfrecord_paths),
            "test_tfrecord_paths": list(run.test_tfrecord_paths), "dumps": dict(run.dumps)}
+    from archives.record_files import all_files
+    # a sharded split's name stands for its shards (archives/record_files.py)
+    cfg["train_tfrecord_paths"] = all_files(cfg["train_tfrecord_paths"])
+    cfg["test_tfrecord_paths"] = all_files(cfg["test_tfrecord_paths"])
     absent = [p for p in [cfg["feature_model_path"], *cfg["train_tfrecord_paths"],
                           *cfg["test_tfrecord_paths"]] if not Path(p).is_file()]
     if absent:

@@ -1,8 +1,9 @@
 """The contract shared by the prep scripts (prep_DLRSD_noisy.py, prep_BEN_noisy.py, ...).
 
 - the same flags where they mean the same (:func:`add_common_args`): ``-o/--out_folder``,
-  ``--noise-levels``, ``--seed``, ``--schema``, ``--workers``, ``--skip-invalid``, ``--quiet``,
-  ``--verbose`` (TensorFlow's start-up lines, cli_common.py);
+  ``--noise-levels``, ``--seed``, ``--schema``, ``--workers``, ``--layout``, ``--shard-size``,
+  ``--shard``, ``--skip-invalid``, ``--quiet``, ``--verbose`` (TensorFlow's start-up lines,
+  cli_common.py);
 - one error type, :class:`archives.report.PrepError` (a ValueError naming the file at fault; the
   archives' own ``InvalidInput`` / ``InvalidPatch`` are PrepErrors): the script prints
   ``error: <message>`` and exits 2;
@@ -39,6 +40,16 @@ def add_common_args(p: argparse.ArgumentParser, info, *, schemas=("compact", "pu
     p.add_argument("--workers", type=_positive_int, default=DEFAULT_WORKERS,
                    help=f"{workers_help} (default: %(default)s); the records do not "
                         "depend on it")
+    p.add_argument("--layout", choices=("shards", "files"), default=None,
+                   help="shards (default for the compact schema): each split as record files "
+                        "in a seeded random order, noise levels as small overlays; files (the "
+                        "published schema's only layout): one file per split in name order and "
+                        "a full copy per noise level (docs/full-scale.md)")
+    p.add_argument("--shard-size", default=None, metavar="SIZE",
+                   help="records per shard (e.g. 1000) or bytes (e.g. 200MB; the default)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="write only task K's shards of N (a SLURM array: K = "
+                        "$SLURM_ARRAY_TASK_ID); the task that completes the set finishes it")
     p.add_argument("--skip-invalid", action="store_true",
                    help="warn about, skip and report bad items instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -60,10 +71,20 @@ def run_prep(prepare: Callable[[], PrepReport],
         print("interrupted: no file was published (temporaries removed); run again to prepare",
               file=sys.stderr)
         return 130
+    if report.extra.get("finished") is False:  # one task of a --shard K/N array
+        print(f"{report.dataset} prep task {report.extra['shard_task']}: its shards are written "
+              f"to {report.out_dir} ({report.time_s:.1f} s); the task that completes the set "
+              "writes records_meta.json, the overlays and the report")
+        return 0
     print(report.summary())
     for line in lines:
         print(line)
     return 0
+
+
+def layout_kwargs(args: argparse.Namespace) -> dict:
+    """The layout options of ``add_common_args`` as prepare() keyword arguments."""
+    return {"layout": args.layout, "shard_size": args.shard_size, "shard": args.shard}
 
 
 def _positive_int(text: str) -> int:
@@ -71,3 +92,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def init_worker() -> None:
+    """A pool process (archives.common.worker_pool) ignores Ctrl-C, so that the main process
+    alone reports it, and hides TensorFlow's start-up lines as the command does (cli_common).
+    It lives here, in a module that does not import TensorFlow: unpickling it must not."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
+        cli_common.quiet_tensorflow(False)

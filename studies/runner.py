@@ -29,10 +29,10 @@ def prepare_data(study: Study, log=_log) -> None:
     import prep_DLRSD_noisy
     from archives import sample
 
+    from archives.record_files import prepared
+
     levels = sorted({n for n in study.noise_levels if n > 0})
-    rec = study.data_dir / "TFRecord"
-    wanted = ["train", "val", "test"] + [f"train_noise_prcnt{n}" for n in levels]
-    if all((rec / f"{name}.tfrecord").is_file() for name in wanted):
+    if prepared(study.data_dir / "TFRecord", levels):
         return
     raw = study.data_dir / "raw"
     opts = study.sample_archive

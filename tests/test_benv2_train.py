@@ -37,7 +37,7 @@ def records(tmp_path_factory):
     out = tmp_path_factory.mktemp("benv2t_out")
     with contextlib.redirect_stdout(io.StringIO()):
         rc = prep_BEN_noisy.main(["-r", str(raw), "-o", str(out), "--workers", "1",
-                                  "--noise-levels", str(NOISE), "--quiet"])
+                                  "--noise-levels", str(NOISE), "--quiet", "--layout", "files"])
     assert rc == 0
     return out / "TFRecord"
 
@@ -213,7 +213,7 @@ def test_v1_and_v2_records_are_not_mixed_up(records, tmp_path):
         assert prep_BEN_noisy.main([
             "-r", str(v1), "-o", str(tmp_path / "v1"), "--noise-levels", str(NOISE), "--quiet",
             "--workers", "1", "-train", str(v1 / "train.csv"), "-val", str(v1 / "val.csv"),
-            "-test", str(v1 / "test.csv")]) == 0
+            "-test", str(v1 / "test.csv"), "--layout", "files"]) == 0
     v1_records = tmp_path / "v1" / "TFRecord"
     for dataset, folder, holds in (("BEN", records, "BENv2"), ("BENv2", v1_records, "BEN")):
         cfg = make_cfg(folder, tmp_path, dataset=dataset)
