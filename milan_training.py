@@ -172,6 +172,7 @@ def train(cfg: Config, *, resume: bool = False, max_epochs: int | None = None,
             time_var.assign(t_before + time.perf_counter() - t_session)
             if epoch + 1 == end or time.perf_counter() - last_save >= CHECKPOINT_EVERY_S:
                 manager.save()  # MiLaN epochs are tiny: at most one checkpoint a minute
+                run_guard.checkpoint_written()  # --overwrite: the set-aside earlier run goes now
                 last_save = time.perf_counter()
             log(f"epoch {epoch + 1}/{cfg.nb_epoch}: loss {means.get('loss', math.nan):.4f} "
                 f"(triplet {means.get('triplet_loss', math.nan):.4f}), {steps} steps")

@@ -241,6 +241,9 @@ class _Run:
             self.last_good = path
 
 
+# --overwrite: the earlier run is set aside, not deleted, until this run checkpoints its first
+# epoch (run_guard.checkpoint_written below); put back if train() raises before (run_guard)
+@run_guard.guards_overwrite
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
           max_epochs: int | None = None, show_progress: bool = True,
           log: Callable[[str], None] = _print) -> RunResult:
@@ -352,6 +355,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
             run.pending.assign(json.dumps(epoch_means))
             run.time_s.assign(elapsed())
             run.save()
+            run_guard.checkpoint_written()  # --overwrite: the set-aside earlier run is deleted now
             val = _report_epoch(run, writer, epoch_means, epoch + 1, elapsed)
             reported = True
         if run.saved_pending:  # this call ends here: record that its last epoch is reported

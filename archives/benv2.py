@@ -53,6 +53,7 @@ import numpy as np
 from archives import ben, benv2_noise, registry
 from archives import benv2_layout as v2
 from archives.ben import InvalidPatch
+from archives.prep_cli import locks_output
 
 NAME = "BENv2"
 CLASS_NAMES = ben.CLASS_NAMES
@@ -293,6 +294,7 @@ def resolve_splits(layout: v2.Layout, csvs: dict, skip_invalid: bool, skipped: l
     return meta, splits, via_v1, source
 
 
+@locks_output("out")
 def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = NOISE_LEVELS,
             seed: int = 42, s1_storage: str = S1_STORAGE, workers: int = 1,
             skip_invalid: bool = False, progress: bool = True):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -117,9 +118,8 @@ def check_writable(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=folder):  # an unpredictable, exclusive name
+            pass
     except OSError as err:
         raise ValueError(f"{folder}: output folder cannot be written ({err.strerror or err})") from err
     for path in remove_stale_temps(folder):

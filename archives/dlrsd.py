@@ -43,6 +43,7 @@ from PIL import Image
 from archives import registry
 from archives.common import (atomic_tfrecord_writer, bytes_feature, check_writable, example_keys,
                              float_feature, records_dataset, skip_or_raise)
+from archives.prep_cli import locks_output
 from archives.report import PrepError
 
 INFO = registry.DLRSD  # the archive's facts live in its light description
@@ -391,6 +392,7 @@ def _try_load(it: Item, label_table: dict | None, ml_path):
         return None, e
 
 
+@locks_output("out_folder")
 def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = NOISE_LEVELS,
             seed: int = 42, schema: str = "compact", multi_labels=None, skip_invalid: bool = False,
             progress: bool = True, workers: int = 1):

@@ -6,17 +6,27 @@
   archives' own ``InvalidInput`` / ``InvalidPatch`` are PrepErrors): the script prints
   ``error: <message>`` and exits 2;
 - one report format: ``PrepReport.summary()`` (plus archive-specific notes), the JSON report and
-  ``records_meta.json`` beside the records.
+  ``records_meta.json`` beside the records;
+- one output folder, one prep at a time: every ``prepare`` function holds the lock of
+  ``<out>/TFRecord`` while it runs (:func:`locks_output`; a second prep there exits 2 naming the
+  holder). See docs/reliability.md.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import inspect
 import os
 import sys
 import warnings
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
+import locks
 from archives.report import PrepError, PrepReport  # noqa: F401  (PrepError: re-exported)
+
+PREP_LOCK = ".prep.lock"  # in <out>/TFRecord while a prepare function writes there
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
@@ -68,3 +78,35 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, purpose: str) -> Iterator[locks.Lock]:
+    """Hold the exclusive lock of a prep output folder (``<folder>/.prep.lock``) while the block
+    runs; released on every way out. A second process gets ``locks.LockHeld`` (a ValueError
+    naming the holder: pid, host, since when); a stale lock (its process gone) is taken over
+    with a warning."""
+    folder = Path(folder)
+    try:
+        lock = locks.acquire(folder / PREP_LOCK, purpose, what=str(folder),
+                             log=lambda msg: warnings.warn(msg, stacklevel=4))
+    except OSError as err:
+        raise ValueError(f"{folder}: output folder cannot be written "
+                         f"({err.strerror or err})") from err
+    with lock:
+        yield lock
+
+
+def locks_output(out_param: str):
+    """Decorator of a ``prepare`` function: hold :func:`output_lock` on ``<out>/TFRecord``
+    (``out`` = its argument ``out_param``) for the whole call."""
+    def wrap(prepare: Callable) -> Callable:
+        signature = inspect.signature(prepare)
+
+        @functools.wraps(prepare)
+        def locked(*args, **kwargs):
+            out = signature.bind(*args, **kwargs).arguments[out_param]
+            with output_lock(Path(out) / "TFRecord", f"{prepare.__module__}.prepare"):
+                return prepare(*args, **kwargs)
+        return locked
+    return wrap

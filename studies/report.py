@@ -4,9 +4,11 @@
 then the chance level (share of truly corrupted training samples), selection precision and
 recall (empty where the model selects nothing), times, and every retrieval metric.
 ``summary.csv`` / ``summary.md``: per (model, noise level) the number of seeds, mean and sample
-standard deviation (0 for one seed) of the headline metric, mAP@20, selection precision/recall
-and chance. Plots: ``<headline>_vs_noise.png`` (mean +- sd per model) and
-``selection_vs_noise.png`` (precision and recall per model, with the chance line).
+standard deviation of the headline metric, mAP@20, selection precision/recall and chance. With
+one seed the spread is undefined: ``n/a`` in summary.md and the printed table, an empty
+``_sd`` cell in summary.csv, no error bar in the plots. Plots: ``<headline>_vs_noise.png``
+(mean +- sd per model) and ``selection_vs_noise.png`` (precision and recall per model, with the
+chance line).
 """
 from __future__ import annotations
 
@@ -65,21 +67,22 @@ def summarise(rows: list[dict], metrics: list[str], study: Study) -> list[dict]:
             for m in metrics:
                 vals = np.array([r[m] for r in group if not _missing(r.get(m))], float)
                 s[f"{m}_mean"] = float(vals.mean()) if vals.size else math.nan
-                s[f"{m}_sd"] = float(vals.std(ddof=1)) if vals.size > 1 else (0.0 if vals.size
-                                                                              else math.nan)
+                # the sample sd of one value is undefined (not 0): NaN, shown as n/a
+                s[f"{m}_sd"] = float(vals.std(ddof=1)) if vals.size > 1 else math.nan
             out.append(s)
     return out
 
 
 def markdown(summary: list[dict], metrics: list[str]) -> str:
-    """Summary as a Markdown table: mean ± sd per metric."""
+    """Summary as a Markdown table: mean ± sd per metric (``± n/a`` for one seed)."""
     head = ["model", "noise %", "seeds"] + metrics
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         cells = [s["model"], str(s["noise_prcnt"]), str(s["n_seeds"])]
         for m in metrics:
             mean, sd = s[f"{m}_mean"], s[f"{m}_sd"]
-            cells.append("-" if _missing(mean) else f"{mean:.3f} ± {sd:.3f}")
+            spread = "n/a" if _missing(sd) else f"{sd:.3f}"
+            cells.append("-" if _missing(mean) else f"{mean:.3f} ± {spread}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -99,7 +102,7 @@ def plot(summary: list[dict], headline: str, out_dir: Path, study: Study) -> lis
         if rows and headline:
             x = np.array([s["noise_prcnt"] for s in rows], float) + (i - len(study.models) / 2) * 0.4
             ax.errorbar(x, [s[f"{headline}_mean"] for s in rows],
-                        yerr=[s[f"{headline}_sd"] for s in rows], marker="o", capsize=3,
+                        yerr=[_bar(s[f"{headline}_sd"]) for s in rows], marker="o", capsize=3,
                         label=model)
     ax.set_xlabel("label noise (% of (image, label) pairs)")
     ax.set_ylabel(f"{headline} (mean ± sd over seeds)")
@@ -123,7 +126,7 @@ def plot(summary: list[dict], headline: str, out_dir: Path, study: Study) -> lis
             rows = [s for s in summary if s["model"] == model and not _missing(s[f"{key}_mean"])]
             if rows:
                 ax.errorbar([s["noise_prcnt"] for s in rows], [s[f"{key}_mean"] for s in rows],
-                            yerr=[s[f"{key}_sd"] for s in rows], marker="o", capsize=3,
+                            yerr=[_bar(s[f"{key}_sd"]) for s in rows], marker="o", capsize=3,
                             label=model)
         if key == "sel_precision" and chance:
             xs = sorted(chance)
@@ -137,6 +140,11 @@ def plot(summary: list[dict], headline: str, out_dir: Path, study: Study) -> lis
     paths.append(out_dir / "selection_vs_noise.png")
     _save(fig, paths[-1])
     return paths
+
+
+def _bar(sd: float) -> float:
+    """Error bar half-length: none where the spread is undefined (one seed)."""
+    return 0.0 if _missing(sd) else sd
 
 
 def _save(fig, path: Path) -> None:

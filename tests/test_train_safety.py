@@ -11,6 +11,7 @@ import tensorflow as tf
 import train as train_cli
 import training
 from run_guard import RunError
+from conftest import temp_name
 from test_train import make_cfg, summary_steps
 
 
@@ -169,9 +170,9 @@ def test_leftovers_of_killed_processes_are_removed(records, tmp_path):
     cfg = make_cfg(records, tmp_path, model_name="BCE")
     cfg.checkpoint_dir.mkdir(parents=True)
     (cfg.checkpoint_dir / "ckpt-7_temp").mkdir()
-    dead = cfg.weights_dir / "feature_model.tmp-999999999.keras"
+    dead = cfg.weights_dir / temp_name("feature_model", ".keras", 999999999)
     dead.write_bytes(b"half")
-    live = cfg.weights_dir / "feature_model.tmp-1.keras"  # pid 1 is alive: kept
+    live = cfg.weights_dir / temp_name("feature_model", ".keras", 1)  # pid 1 is alive: kept
     live.write_bytes(b"mine")
     logs = []
     training.train(cfg, resume=True, show_progress=False, log=logs.append)
