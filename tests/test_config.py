@@ -115,6 +115,14 @@ def test_missing_required_and_weights_must_exist(tmp_path):
     w = tmp_path / "w.weights.h5"
     h5py.File(w, "w").close()  # an HDF5 file: its layers are matched when it is loaded
     assert Config.from_dict(base(weights=str(w))).weights == str(w)
+    junk = tmp_path / "junk.weights.h5"
+    junk.write_bytes(b"x" * 600)  # exists, but is no HDF5 file
+    assert error(weights=str(junk)) == (
+        f"weights: '{junk}' is not a Keras weights file (no HDF5 signature); expected an HDF5 "
+        ".weights.h5 / .h5 file (Model.save_weights, the Keras-applications notop files) or a "
+        ".keras file")
+    (tmp_path / "w.ckpt").write_bytes(b"x")
+    assert "its name ends in none of .weights.h5" in error(weights=str(tmp_path / "w.ckpt"))
 
 
 def test_from_json_errors(tmp_path):

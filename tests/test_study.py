@@ -190,7 +190,7 @@ def test_claimed_cell_is_skipped_a_stale_claim_is_taken_over_and_both_are_listed
 
     path = _study(tmp_path, base_config, models=["BCE"], seeds=[0, 1])
     s = load_study(path)
-    live, stale = (runner.claim_path(s, c) for c in s.cells)
+    live, stale = (s.out / "claims" / f"{c.name}.lock" for c in s.cells)
     _plant_claim(live, os.getpid())  # another process is training cell 0
     _plant_claim(stale, 999999999)  # cell 1's claimer was killed
     holder = f"pid {os.getpid()} on host {locks.hostname()} since 2026-01-02 03:04:05 (study cell)"
@@ -209,6 +209,7 @@ def test_claimed_cell_is_skipped_a_stale_claim_is_taken_over_and_both_are_listed
     events = list(s.cell_config(s.cells[1]).summaries_dir.rglob("events.out.tfevents.*"))
     assert len(events) == 1  # trained once
     assert live.exists() and not stale.exists()  # the other's claim stays; ours is released
+    assert [runner.claim_path(s, c) for c in s.cells] == [live, stale]
     assert study_cli.main([str(path), "--list"]) == 0
     assert capsys.readouterr().out.splitlines()[1].endswith(" finished")
 

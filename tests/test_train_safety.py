@@ -200,14 +200,14 @@ def snapshot(cfg):
     """Every file (bytes) and link (target) of a run's outputs, by path; plus whatever a
     set-aside or an overwrite lock left beside them."""
     out = {}
-    for top in run_guard.run_outputs(cfg):
+    for top in (cfg.weights_dir, cfg.summaries_dir, cfg.config_dump_path, cfg.features_dir):
         for p in [top, *(top.rglob("*") if top.is_dir() and not top.is_symlink() else [])]:
             if p.is_symlink():
                 out[str(p)] = ("link", os.readlink(p))
             elif p.is_file():
                 out[str(p)] = p.read_bytes()
         for p in top.parent.iterdir():
-            if run_guard.ASIDE_MARK in p.name or p.name.endswith(".overwrite.lock"):
+            if ".overwritten-" in p.name or p.name.endswith(".overwrite.lock"):
                 out[str(p)] = "leftover"
     return out
 
@@ -235,12 +235,12 @@ def test_overwrite_with_a_damaged_training_file_keeps_the_old_run(records, tmp_p
                    0.55)
     assert train_cli.main([write_cfg(cfg, tmp_path / "c.json"), "--overwrite",
                            "--no-progress"]) == 2
+    assert snapshot(cfg) == before  # bytes for bytes, nothing left beside
     out, err = capsys.readouterr()
     assert err.strip().splitlines() == [f"error: {bad}: truncated or corrupt TFRecord "
                                         f"{err.split('TFRecord ', 1)[1].strip()}"]
     assert f"--overwrite: moved {cfg.checkpoint_dir.parent} aside" in out
     assert f"the earlier run {cfg.run_name} is restored" in out
-    assert snapshot(cfg) == before  # bytes for bytes, nothing left beside
 
 
 def test_overwrite_refuses_a_linked_summaries_folder_before_touching_anything(records, tmp_path,
