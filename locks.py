@@ -8,8 +8,11 @@ process's start time on Linux, to tell a reused pid apart), ``purpose`` and a ra
 Creating it with O_EXCL is atomic on local file systems and on NFS v3 and later, so of two
 processes exactly one gets the lock. A lock is **stale** when its holder ran on this host and
 that process is gone (or its pid now belongs to another process); a stale lock is taken over,
-with a note. A lock held on another host is never judged from here: it stays held until its
-holder releases it (delete the file by hand if that host died).
+with a note. A lock held on another host cannot be judged by its pid; its holder touches the
+file every ``heartbeat_s`` (a minute by default) while it holds it, and a lock of another host
+that has not been touched for max(15 minutes, 10 heartbeats) is stale (that host died or lost
+the file system). A lock file without a heartbeat (``heartbeat_s=None``) from another host stays
+held until its holder releases it (delete the file by hand if that host died).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,6 +30,10 @@ from typing import Callable
 _YOUNG_S = 10.0
 # a guard left by a process killed in the microseconds it takes over a stale lock
 _GUARD_STALE_S = 30.0
+# a held lock's file is touched this often; one of another host is stale after this much
+# silence (and at least 10 beats)
+HEARTBEAT_S = 60.0
+_SILENCE_S, _MISSED_BEATS = 900.0, 10
 
 
 class LockHeld(ValueError):
@@ -74,10 +82,18 @@ def describe(info: dict) -> str:
     return text + (f" ({info['purpose']})" if info.get("purpose") else "")
 
 
-def is_stale(info: dict) -> bool:
-    """True when the holder ran on this host and its process is gone (or the pid was reused)."""
+def is_stale(info: dict, path: str | os.PathLike | None = None) -> bool:
+    """True when the holder ran on this host and its process is gone (or the pid was reused);
+    for another host's lock with a heartbeat, when its file at ``path`` has been silent too long."""
     if info.get("host") != hostname():
-        return False
+        beat = info.get("heartbeat_s")
+        if not (beat and path):
+            return False
+        try:
+            silent = time.time() - Path(path).stat().st_mtime
+        except OSError:
+            return False
+        return silent > max(_SILENCE_S, _MISSED_BEATS * float(beat))
     pid = info.get("pid")
     if not isinstance(pid, int) or not pid_alive(pid):
         return True
@@ -126,6 +142,17 @@ class Lock:
 
     def __init__(self, path: Path, info: dict):
         self.path, self.info = path, info
+        self._stop = threading.Event()
+        if info.get("heartbeat_s"):
+            threading.Thread(target=self._beat, daemon=True, name=f"lock {path.name}").start()
+
+    def _beat(self) -> None:
+        """Touch the lock file every heartbeat until released (another host can tell that
+        this holder still runs)."""
+        while not self._stop.wait(self.info["heartbeat_s"]):
+            with contextlib.suppress(OSError):
+                if self.held:
+                    os.utime(self.path)
 
     @property
     def held(self) -> bool:
@@ -142,6 +169,7 @@ class Lock:
 
     def release(self) -> None:
         """Remove the lock file if it is still this lock's (idempotent)."""
+        self._stop.set()
         if self.held:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -174,12 +202,15 @@ def _take_over(path: Path, seen: dict) -> None:
 
 
 def acquire(path: str | os.PathLike, purpose: str, what: str | None = None,
-            log: Callable[[str], None] | None = None) -> Lock:
+            log: Callable[[str], None] | None = None,
+            heartbeat_s: float | None = HEARTBEAT_S) -> Lock:
     """Take the lock at ``path`` (its folder is created) or raise :class:`LockHeld`.
 
     ``purpose`` goes into the lock file (shown to a process that finds it held); ``what`` names
     the locked thing in the error (default: the lock file's folder). A stale lock is taken over
-    and ``log`` (default: ignored) told so, naming the previous holder.
+    and ``log`` (default: ignored) told so, naming the previous holder. ``heartbeat_s``: touch
+    the file that often while held, so that processes on other hosts can judge it (see above;
+    None: no heartbeat).
     """
     path = Path(path)
     what = what or str(path.parent)
@@ -187,6 +218,8 @@ def acquire(path: str | os.PathLike, purpose: str, what: str | None = None,
     info = {"pid": os.getpid(), "host": hostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
             "start": _process_start(os.getpid()), "purpose": purpose,
             "token": secrets.token_hex(8)}
+    if heartbeat_s:
+        info["heartbeat_s"] = heartbeat_s
     for attempt in range(50):
         if _write_new(path, info):
             return Lock(path, info)
@@ -203,7 +236,7 @@ def acquire(path: str | os.PathLike, purpose: str, what: str | None = None,
                     time.sleep(0.05)
                     continue
                 raise LockHeld(path, None, what)
-        elif not is_stale(seen):
+        elif not is_stale(seen, path):
             raise LockHeld(path, seen, what)
         if log:
             log(f"{path}: taking over the stale lock of "

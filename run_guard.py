@@ -282,7 +282,7 @@ def recover_overwrite(cfg: Config, log: Callable[[str], None]) -> None:
     overwrite in progress in a live process is left alone."""
     path = overwrite_lock_path(cfg)
     info = locks.read(path)
-    if info is None or not info or not locks.is_stale(info):
+    if info is None or not info or not locks.is_stale(info, path):
         return
     try:
         lock = locks.acquire(path, f"recovering run {cfg.run_name}", what=f"run {cfg.run_name}")

@@ -18,8 +18,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     start.add_argument("--resume", action="store_true",
                        help="continue from the run's newest readable checkpoint (even mid-epoch)")
     start.add_argument("--overwrite", action="store_true",
-                       help="start over a run that already exists, deleting its checkpoints, "
-                            "summaries and outputs (without it such a run is refused)")
+                       help="start over a run that already exists: its checkpoints, summaries "
+                            "and outputs are set aside and deleted once the new run has "
+                            "checkpointed its first epoch, put back if it fails before (without "
+                            "it such a run is refused; see docs/reliability.md)")
     parser.add_argument("--max-epochs", type=int, default=None, metavar="N",
                         help="stop after N more epochs in this call (the run keeps nb_epoch; "
                              "finish later with --resume)")

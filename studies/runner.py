@@ -6,10 +6,11 @@ after retrieval); finished cells are skipped. An interrupted cell resumes from i
 checkpoint. Cells are independent, so a scheduler can run them anywhere that sees ``out``:
 ``run_cell(study, index)`` is the unit of work (``--cell I`` / ``--shard K/N`` on the command line).
 
-A cell being trained is claimed: ``out/claims/<cell>.lock`` (``locks.py``: pid, host, since when).
-Another process skips a claimed cell and goes on to the next; a claim whose process is gone (same
-host) is taken over. Preparing the sample archive's data is likewise one process at a time
-(``out/data/.study-data.lock``; the others wait for it).
+A cell being trained is claimed: ``out/claims/<cell>.lock`` (``locks.py``: pid, host, since when,
+touched every minute while the cell runs). Another process skips a claimed cell and goes on to
+the next; a claim whose process is gone (same host), or that nobody has touched for 15 minutes
+(another host, e.g. a cluster node that died), is taken over. Preparing the sample archive's
+data is likewise one process at a time (``out/data/.study-data.lock``; the others wait for it).
 """
 from __future__ import annotations
 
@@ -197,7 +198,7 @@ def status(study: Study) -> list[tuple[Cell, str]]:
             state = "finished"
         elif holder is None:
             state = "pending"
-        elif holder and locks.is_stale(holder):
+        elif holder and locks.is_stale(holder, claim_path(study, c)):
             state = f"pending (stale claim of {locks.describe(holder)})"
         else:
             state = f"running: {locks.describe(holder) if holder else 'claim being written'}"

@@ -49,7 +49,7 @@ def test_stale_lock_is_taken_over_with_a_note_others_are_not(tmp_path):
     with locks.acquire(path, "mine", log=notes.append):
         assert json.loads(path.read_text())["purpose"] == "mine"
     assert len(notes) == 1 and f"stale lock of pid {DEAD_PID} on host" in notes[0]
-    # another host: never judged from here, even with a pid that is not alive here
+    # another host, no heartbeat: never judged from here, even with a pid not alive here
     plant(path, pid=DEAD_PID, host="elsewhere.example")
     with pytest.raises(locks.LockHeld, match=f"pid {DEAD_PID} on host elsewhere.example"):
         locks.acquire(path, "mine")
@@ -58,6 +58,32 @@ def test_stale_lock_is_taken_over_with_a_note_others_are_not(tmp_path):
     assert locks.is_stale(locks.read(path)) == (locks._process_start(os.getpid()) is not None)
     plant(path, pid=os.getpid(), start=locks._process_start(os.getpid()))
     assert not locks.is_stale(locks.read(path))
+
+
+def test_heartbeat_tells_a_dead_host_from_a_live_one(tmp_path):
+    path = tmp_path / "x.lock"
+    old = time.time() - 3600
+    plant(path, pid=1, host="node7.example", heartbeat_s=60)
+    with pytest.raises(locks.LockHeld, match="node7.example"):  # touched recently: alive
+        locks.acquire(path, "mine")
+    os.utime(path, (old, old))  # silent for an hour (> 15 min and > 10 beats): that node died
+    notes = []
+    with locks.acquire(path, "mine", log=notes.append):
+        assert "stale lock of pid 1 on host node7.example" in notes[0]
+    plant(path, pid=1, host="node7.example")  # no heartbeat: never judged from here
+    os.utime(path, (old, old))
+    with pytest.raises(locks.LockHeld):
+        locks.acquire(path, "mine")
+    path.unlink()
+    # a holder with a heartbeat keeps touching its file
+    with locks.acquire(path, "mine", heartbeat_s=0.05) as lock:
+        assert json.loads(path.read_text())["heartbeat_s"] == 0.05
+        os.utime(path, (old, old))
+        deadline = time.time() + 30
+        while path.stat().st_mtime == old and time.time() < deadline:
+            time.sleep(0.02)
+        assert path.stat().st_mtime > old and lock.held
+    assert not path.exists()
 
 
 def test_unreadable_lock_is_held_while_young_and_junk_when_old(tmp_path):

@@ -178,8 +178,9 @@ def _plant_claim(path, pid):
     import locks
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": pid, "host": locks.hostname(), "since": "2026-01-02 03:04:05",
-                                "start": None, "purpose": "study cell", "token": "planted"}))
+    path.write_text(json.dumps({"pid": pid, "host": locks.hostname(), "start": None,
+                                "since": "2026-01-02 03:04:05", "purpose": "study cell",
+                                "token": "planted"}))
 
 
 def test_claimed_cell_is_skipped_a_stale_claim_is_taken_over_and_both_are_listed(
