@@ -143,10 +143,12 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_RE.match(name) is not None
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike, own: bool = False) -> list[Path]:
     """Remove the temporaries of :func:`atomic_path` in ``folder`` whose writing process is gone
     (left by ``kill -9`` or a power cut); returns what was removed. Only names of that exact
-    form are touched, and only those written on this host by a process that no longer runs."""
+    form are touched, and only those written on this host by a process that no longer runs.
+    ``own``: also this process's (after an interruption that may have struck between creating a
+    temporary and handing it to its ``with`` block)."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
@@ -154,7 +156,10 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     me, host = os.getpid(), host_tag()
     for p in sorted(folder.iterdir()):
         m = _TEMP_RE.match(p.name)
-        if m and m.group(2) == host and int(m.group(1)) != me and not pid_alive(int(m.group(1))):
+        if not m or m.group(2) != host:
+            continue
+        pid = int(m.group(1))
+        if (own and pid == me) or (pid != me and not pid_alive(pid)):
             _remove(p)
             removed.append(p)
     return removed

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import locks
+from atomic_files import remove_stale_temps
 from archives.report import PrepError, PrepReport  # noqa: F401  (PrepError: re-exported)
 
 PREP_LOCK = ".prep.lock"  # in <out>/TFRecord while a prepare function writes there
@@ -83,9 +84,9 @@ def _positive_int(text: str) -> int:
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, purpose: str) -> Iterator[locks.Lock]:
     """Hold the exclusive lock of a prep output folder (``<folder>/.prep.lock``) while the block
-    runs; released on every way out. A second process gets ``locks.LockHeld`` (a ValueError
-    naming the holder: pid, host, since when); a stale lock (its process gone) is taken over
-    with a warning."""
+    runs; released on every way out (after removing this process's temporaries there when the
+    block raised). A second process gets ``locks.LockHeld`` (a ValueError naming the holder:
+    pid, host, since when); a stale lock (its process gone) is taken over with a warning."""
     folder = Path(folder)
     try:
         lock = locks.acquire(folder / PREP_LOCK, purpose, what=str(folder),
@@ -94,7 +95,11 @@ def output_lock(folder: str | os.PathLike, purpose: str) -> Iterator[locks.Lock]
         raise ValueError(f"{folder}: output folder cannot be written "
                          f"({err.strerror or err})") from err
     with lock:
-        yield lock
+        try:
+            yield lock
+        except BaseException:  # Ctrl-C may strike before a temporary's own clean-up is armed
+            remove_stale_temps(folder, own=True)
+            raise
 
 
 def locks_output(out_param: str):
