@@ -108,8 +108,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 os.close(fd)
             yield tmp
             if tmp.is_symlink() or not tmp.is_file():
-                raise WriteError(f"{path}: not published: its temporary {tmp} was replaced "
-                                 "by another process")
+                raise WriteError(f"{path}: not published: its temporary {tmp} was removed "
+                                 "or replaced meanwhile")
             _fsync(tmp)
             _check_target(path)
             os.replace(tmp, path)
