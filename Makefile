@@ -19,7 +19,7 @@ test: install
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q tests
 
 demo: install
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) demo.py --dataset $(DATASET)
+	$(PY) demo.py --dataset $(DATASET)
 
 clean-demo:
 	rm -rf dumps/demo

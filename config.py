@@ -231,8 +231,13 @@ class Config:
         return None if _PROBLEMS.get() else cls(**out)
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "Config":
-        """Read and validate a JSON config file (also accepts a config dumped by train.py)."""
+    def from_json(cls, path: str | os.PathLike,
+                  overrides: Mapping[str, Any] | None = None) -> "Config":
+        """Read and validate a JSON config file (also accepts a config dumped by train.py).
+
+        ``overrides`` ({key: value}, e.g. from ``--set``) replace the file's keys before
+        validation (see ``with_overrides``); their problems are reported as ``--set <key>: ...``
+        together with the file's own."""
         try:
             with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)
@@ -247,10 +252,16 @@ class Config:
                 from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        set_problems: list[str] = []
+        if overrides and isinstance(data, Mapping):
+            data, set_problems = with_overrides(data, overrides)
         try:
             cfg = cls.from_dict(data)
-        except ConfigError as err:  # every problem, each naming the file and its key
-            raise ConfigError([f"{path}: {p}" for p in err.problems]) from None
+        except ConfigError as err:  # every problem, each naming the file (or --set) and its key
+            raise ConfigError(set_problems + label_problems(err.problems, overrides, path)) \
+                from None
+        if set_problems:
+            raise ConfigError(set_problems)
         object.__setattr__(cfg, "_source", str(path))  # not a key: error messages name the file
         return cfg
 
@@ -406,6 +417,43 @@ def weights_file_problem(path: str) -> str | None:
             return "no HDF5 signature"
     except OSError as err:
         return f"cannot be read: {err.strerror or err}"
+
+
+def with_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]
+                   ) -> tuple[dict[str, Any], list[str]]:
+    """``data`` with ``overrides`` applied in order: ``key`` replaces the key's value, a dotted
+    ``key.sub`` sets one entry of an object-valued key (``dumps.features``). Returns the merged
+    dict and the problems (``--set <key>: ...``) that validation would not name: keys train.py
+    derives (OUTPUT_KEYS), a dotted key under a key that is not an object."""
+    out = dict(data)
+    problems = []
+    for key, value in overrides.items():
+        head, dot, sub = key.partition(".")
+        if head in OUTPUT_KEYS:
+            problems.append(f"--set {key}: derived by train.py, not a config key")
+        elif dot:
+            base = out.get(head, DEFAULT_DUMPS if head == "dumps" else None)
+            if head not in Config.keys():
+                problems.append(f"--set {key}: unknown key{_suggest(head, Config.keys())}")
+            elif not isinstance(base, Mapping):
+                problems.append(f"--set {key}: {head} is not an object")
+            else:
+                out[head] = {**base, sub: value}
+        else:
+            out[key] = value
+    return out, problems
+
+
+def label_problems(problems, overrides: Mapping[str, Any] | None, source) -> list[str]:
+    """Each validation problem prefixed by where its key came from: ``--set`` for a key that an
+    override set (or one entry of), else ``source`` (the config file)."""
+    over = set(overrides or ())
+    out = []
+    for p in problems:
+        key = p.split(":", 1)[0]
+        came_from_set = key in over or key.partition(".")[0] in over
+        out.append(f"--set {p}" if came_from_set else f"{source}: {p}")
+    return out
 
 
 def _validate(d: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,10 @@ DLRSD uses the hard variant of the sample archive (``--variant hard``, 20 per cl
 setting of README's robustness study.
 
 Every stage runs the project's own command-line scripts, exactly as a user would, and is
-skipped when its output already exists, so a second run only prints the table again.
+skipped when its output already exists, so a second run only prints the table again. Each
+command is echoed as it can be pasted into a shell in the folder the demo runs in (the
+repository root; an installed ``grid-demo`` runs in the current folder, which then needs the
+repository's ``configs/``).
 """
 from __future__ import annotations
 
@@ -15,10 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import cli_common  # noqa: E402
 from archives import registry  # noqa: E402
-from config import Config  # noqa: E402  (needs ROOT on the path when run from elsewhere)
+from config import Config  # noqa: E402  (needs HERE on the path when run from elsewhere)
+
+# where the commands run: the repository root; an installed copy (no configs/ beside it) runs
+# in the current folder
+ROOT = HERE if (HERE / "configs").is_dir() else Path.cwd()
 
 DEMO = Path("dumps/demo")
 # the configs, sample folder and options, and prep command of each archive are in its
@@ -28,14 +36,17 @@ NOISE = 50
 
 
 def run(cmd: list[str]) -> None:
-    """Run one project script, echoing it, and stop the demo if it fails."""
-    print("\n$ " + " ".join(cmd), flush=True)
+    """Run one project script (``x.py ...`` or ``-m module ...``) in ROOT, echoing a command a
+    user can paste there, and stop the demo if it fails."""
+    if ROOT != HERE and cmd[0].endswith(".py"):  # installed: the scripts are modules
+        cmd = ["-m", cmd[0][:-3], *cmd[1:]]
+    print("\n$ " + cli_common.command(*cmd), flush=True)
     start = time.time()
     subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True)
     print(f"  ({time.time() - start:.0f} s)", flush=True)
 
 
-def prepare(dataset: str) -> None:
+def prepare(dataset: str, verbose: list[str] = ()) -> None:
     """Write the sample archive and its TFRecords unless they already exist."""
     info = registry.get(dataset)
     folder = info.demo_folder or dataset
@@ -43,29 +54,33 @@ def prepare(dataset: str) -> None:
     out = DEMO / "data" / folder
     if not (ROOT / raw).exists():
         run(["-m", "archives.sample", "--dataset", dataset, "--out", str(raw), "--seed", "0",
-             *info.demo_sample_args])
+             *info.demo_sample_args, *verbose])
     if not (ROOT / out / "TFRecord" / f"train_noise_prcnt{NOISE}.tfrecord").exists():
         run([arg.format(raw=raw, out=out) for arg in info.demo_prep]
-            + ["--noise-levels", str(NOISE)])
+            + ["--noise-levels", str(NOISE), *verbose])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", choices=sorted(CONFIGS), default="DLRSD")
     parser.add_argument("--plot", type=int, default=3, help="retrieval pictures per model")
+    cli_common.add_verbose_arg(parser)
     args = parser.parse_args()
+    verbose = ["--verbose"] if args.verbose else []
     start = time.time()
 
-    prepare(args.dataset)
+    if ROOT != Path.cwd().resolve():
+        print(f"(commands run in {ROOT})")
+    prepare(args.dataset, verbose)
     cfgs = [Config.from_json(ROOT / path) for path in CONFIGS[args.dataset]]
     for path, cfg in zip(CONFIGS[args.dataset], cfgs):
         if not (ROOT / cfg.config_dump_path).exists():
-            run(["train.py", path, "--resume"])  # continues an interrupted demo run
-        run(["retrieval.py", str(cfg.config_dump_path), "--plot", str(args.plot)])
+            run(["train.py", path, "--resume", *verbose])  # continues an interrupted demo run
+        run(["retrieval.py", str(cfg.config_dump_path), "--plot", str(args.plot), *verbose])
 
     print_table([summary_row(cfg) for cfg in cfgs])
     for cfg in cfgs:
-        print(f"pictures: {cfg.features_dir / 'plots'}")
+        print(f"pictures: {ROOT / cfg.features_dir / 'plots'}")
     print(f"\nDemo finished in {time.time() - start:.0f} s. Results are from a synthetic "
           f"sample archive, not from {args.dataset} itself.")
 

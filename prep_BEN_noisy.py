@@ -11,13 +11,14 @@ three CSVs, v2 or v1 names), S2 + S1 + reference maps in each record, both noise
 Example: python prep_BEN_noisy.py -r reBEN -o dumps/data/BENv2
 
 Flags shared with the other prep scripts (archives/prep_cli.py): -o, --noise-levels, --seed,
---schema, --workers, --skip-invalid, --quiet.
+--schema, --workers, --skip-invalid, --quiet, --verbose.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+import cli_common
 from archives import ben, benv2_layout, prep_cli, registry
 
 
@@ -41,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cli_common.quiet_tensorflow(args.verbose)
 
     def prepare():
         if benv2_layout.detect_layout(args.root_folder) == "v2":

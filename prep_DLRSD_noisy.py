@@ -1,13 +1,14 @@
 """DLRSD + UC Merced raw download -> TFRecords with injected label noise (see archives/dlrsd.py).
 
 Flags shared with the other prep scripts (archives/prep_cli.py): -o, --noise-levels, --seed,
---schema, --workers, --skip-invalid, --quiet.
+--schema, --workers, --skip-invalid, --quiet, --verbose.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+import cli_common
 from archives import prep_cli, registry
 
 
@@ -27,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    cli_common.quiet_tensorflow(a.verbose)
 
     def prepare():
         from archives import dlrsd

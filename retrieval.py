@@ -9,23 +9,22 @@
 
 Config mode extracts features (query = train records with clean labels, archive = test
 records) into <dumps.features>/<run_name>/{query,archive}.h5, reusing them while the model and
-records are unchanged, and saves <dumps.features>/<run_name>/retrieval.json.
-See evaluation/metrics.py for the metric definitions.
+records are unchanged, saves <dumps.features>/<run_name>/retrieval.json and adds the metrics to
+the run's TensorBoard summaries when training wrote them (retrieval/<metric> at the last epoch;
+tb_logging.py). See evaluation/metrics.py for the metric definitions.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from atomic_files import write_json_atomic  # noqa: E402
-from evaluation.distances import METRICS, chi2_backend  # noqa: E402
-from evaluation.evaluate import evaluate  # noqa: E402
-from evaluation.features import FeatureFileError, ensure_features, read_features  # noqa: E402
+import cli_common
+from atomic_files import write_json_atomic
+from evaluation.distances import METRICS, chi2_backend
+from evaluation.evaluate import evaluate
+from evaluation.features import FeatureFileError, ensure_features, read_features
 
 CONFIG_KEYS = ("run_name", "dataset", "feature_model_path", "train_tfrecord_paths",
                "test_tfrecord_paths", "dumps")
@@ -68,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="feature arrays larger than this stay on disk and are streamed")
     p.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli_common.add_verbose_arg(p)
     args = p.parse_args(argv)
     if bool(args.query_features) != bool(args.archive_features):
         p.error("--query-features and --archive-features go together")
@@ -86,8 +86,10 @@ def _open(path: str, max_mb: float):
     return read_features(path, in_memory=size <= max_mb * 2**20)
 
 
-def score(query_path, archive_path, args, dataset=None, records=(None, None), plot_dir=None):
-    """Rank and score one pair of feature files; optionally plot; returns the result dict."""
+def score(query_path, archive_path, args, dataset=None, records=(None, None), plot_dir=None,
+          run_name: str = ""):
+    """Rank and score one pair of feature files; optionally plot (titled with ``run_name``, or
+    the feature file names); returns the result dict."""
     metric = args.metric or "chi2"
     archive = _open(archive_path, args.max_memory_mb)
     scene = args.relevance == "scene"
@@ -112,14 +114,20 @@ def score(query_path, archive_path, args, dataset=None, records=(None, None), pl
         if scene and "mAP@20" in res["metrics"]:
             res["headline"] = {"mAP@20": res["metrics"]["mAP@20"]}
         top = res.pop("topk_index", None)
+        top_dist = res.pop("topk_distance", None)
         if args.plot > 0:
             if not (dataset and records[0] and records[1]):
                 print("--plot skipped: needs --dataset, --query-records and --archive-records "
                       "(or a run config)", file=sys.stderr)
             else:
                 from evaluation.plots import plot_results
+                from evaluation.scene import SCENE_CLASSES
+                label = run_name or f"{Path(query_path).name} against {Path(archive_path).name}"
                 paths = plot_results(plot_dir, dataset, records[0], records[1], top, query.label,
-                                     archive.label, query.patch_name, args.plot_topk)
+                                     archive.label, query.patch_name, args.plot_topk,
+                                     distances=top_dist, metric=metric, run_name=label,
+                                     class_names=SCENE_CLASSES if scene else None,
+                                     relevance=args.relevance)
                 res["plots"] = [str(p) for p in paths]
     finally:
         query.close()
@@ -189,11 +197,28 @@ def run_config(path: str, args) -> tuple[str, dict]:
               f"{files[side]}", file=sys.stderr)
     res = score(files["query"], files["archive"], args, cfg["dataset"],
                 (cfg["train_tfrecord_paths"], cfg["test_tfrecord_paths"]),
-                args.plot_dir or out_dir / "plots")
+                args.plot_dir or out_dir / "plots", run_name=cfg["run_name"])
     res["run_name"] = cfg["run_name"]
     res["config"] = str(cfg_path)
     write_json_atomic(out_dir / "retrieval.json", res)
+    _to_tensorboard(Path(cfg["dumps"]["summaries"]) / cfg["run_name"], res["metrics"],
+                    run.nb_epoch)
     return cfg["run_name"], res
+
+
+def _to_tensorboard(summaries: Path, metrics: dict, step: int) -> None:
+    """The metrics as ``retrieval/<name>`` scalars beside the run's training summaries (when
+    training wrote some), at the run's last epoch; a failure only warns."""
+    if not summaries.is_dir():
+        return
+    import tb_logging
+    try:
+        tb_logging.write_retrieval_metrics(summaries, metrics, step)
+    except Exception as err:  # the results are written already; TensorBoard is a view
+        print(f"warning: {summaries}: retrieval metrics not added to TensorBoard ({err})",
+              file=sys.stderr)
+        return
+    print(f"retrieval metrics added to TensorBoard: {summaries}", file=sys.stderr)
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -230,6 +255,7 @@ def check_args(args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cli_common.quiet_tensorflow(args.verbose)
     import warnings
     warnings.formatwarning = lambda msg, *_, **__: f"warning: {msg}\n"
     results: dict[str, dict] = {}
@@ -257,6 +283,11 @@ def main(argv=None) -> int:
             print(f"  approximate search: {key[7:]} = {res[key]:.4f} against exact search on "
                   f"{res['approx_recall_queries']} sampled queries")
     print(format_table(results))
+    for name, res in results.items():
+        if res.get("plots"):
+            files = ", ".join(Path(p).name for p in res["plots"])
+            print(f"{name}: {len(res['plots'])} retrieval picture(s) in "
+                  f"{Path(res['plots'][0]).parent}/ ({files})")
     if args.json:
         write_json_atomic(args.json, results["result"] if len(results) == 1 and not args.configs
                           else results)

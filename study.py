@@ -5,6 +5,7 @@
   python study.py STUDY.json --cell I        # one cell (e.g. I = $SLURM_ARRAY_TASK_ID)
   python study.py STUDY.json --shard K/N     # cells K, K+N, K+2N, ... (N machines)
   python study.py STUDY.json --collect       # only gather finished cells into the outputs
+  python study.py STUDY.json --set nb_epoch=5 # override a train config key in every cell
 
 Finished cells are skipped; an interrupted cell resumes from its last checkpoint. A cell that
 another process is training (its claim in <out>/claims/) is skipped; --list shows who holds it
@@ -13,10 +14,9 @@ another process is training (its claim in <out>/claims/) is skipped; --list show
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import cli_common
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,6 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--shard", metavar="K/N", help="run only cells K, K+N, ... (no collecting)")
     g.add_argument("--collect", action="store_true", help="only collect finished cells")
     p.add_argument("--progress", action="store_true", help="tqdm bars during training")
+    cli_common.add_set_arg(p)
+    cli_common.add_verbose_arg(p)
     a = p.parse_args(argv)
     if a.shard is not None:
         try:
@@ -45,14 +47,20 @@ def main(argv=None) -> int:
     from studies import report, runner
     from studies.spec import StudyError, load_study, to_dict
 
+    overrides, problems = cli_common.parse_sets(args.set)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
-        study = load_study(args.study)
+        study = load_study(args.study, overrides)
         if args.list:
             for cell, state in runner.status(study):
                 print(f"{cell.index:4d}  {cell.name:<32} {state}")
             return 0
         skipped = []  # cells that another process is training
         if not args.collect:
+            cli_common.quiet_tensorflow(args.verbose)
             write_json_atomic(study.out / "study.json", to_dict(study))
             for i in runner.select(study, args.cell, args.shard):
                 if runner.run_cell(study, i, show_progress=args.progress) is None:
@@ -64,7 +72,8 @@ def main(argv=None) -> int:
             return 0
         res = report.collect(study)
     except (StudyError, IndexError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():  # a study error may list several problems
+            print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue", file=sys.stderr)

@@ -1,6 +1,8 @@
 """Train a GRID variant or baseline from a JSON config: ``python train.py CONFIG.json [--resume]``.
 
 The loop itself lives in ``training.py``; this file only parses the command line.
+``--set key=value`` (repeatable) overrides a config key, validated like the file's keys; the
+dumped config (dumps/configs/<run>.json) records the effective values.
 Exit codes: 0 done (or stopped by --max-epochs); 2 a named error (`error: <file>: <what>`):
 bad config, missing or damaged input, an existing run without --resume/--overwrite, an output
 that cannot be written; 3 a loss became NaN/Inf; 130 interrupted (a checkpoint was saved).
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+import cli_common
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="stop after N more epochs in this call (the run keeps nb_epoch; "
                              "finish later with --resume)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    cli_common.add_set_arg(parser)
+    cli_common.add_verbose_arg(parser)
     args = parser.parse_args(argv)
     if args.max_epochs is not None and args.max_epochs < 1:
         parser.error("--max-epochs must be >= 1")
@@ -36,12 +42,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from config import Config, ConfigError
 
+    overrides, problems = cli_common.parse_sets(args.set)
     try:
-        cfg = Config.from_json(args.config)
+        cfg = Config.from_json(args.config, overrides)
     except ConfigError as err:
-        for problem in err.problems:  # every mistake of the config, one line each
+        problems += err.problems
+    if problems:
+        for problem in problems:  # every mistake of the config and --set, one line each
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    cli_common.quiet_tensorflow(args.verbose)
 
     import training
     from atomic_files import WriteError
@@ -58,7 +68,8 @@ def main(argv=None) -> int:
         print(f"training stopped: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: python train.py {args.config} --resume",
+        again = [args.config, *(f"--set={s}" for s in args.set), "--resume"]
+        print(f"interrupted; continue with: {cli_common.command('train.py', *again)}",
               file=sys.stderr)
         return 130
     print("\n".join(training.summary_lines(result)))

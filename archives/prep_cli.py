@@ -1,7 +1,8 @@
 """The contract shared by the prep scripts (prep_DLRSD_noisy.py, prep_BEN_noisy.py, ...).
 
 - the same flags where they mean the same (:func:`add_common_args`): ``-o/--out_folder``,
-  ``--noise-levels``, ``--seed``, ``--schema``, ``--workers``, ``--skip-invalid``, ``--quiet``;
+  ``--noise-levels``, ``--seed``, ``--schema``, ``--workers``, ``--skip-invalid``, ``--quiet``,
+  ``--verbose`` (TensorFlow's start-up lines, cli_common.py);
 - one error type, :class:`archives.report.PrepError` (a ValueError naming the file at fault; the
   archives' own ``InvalidInput`` / ``InvalidPatch`` are PrepErrors): the script prints
   ``error: <message>`` and exits 2;
@@ -23,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import cli_common
 import locks
 from atomic_files import remove_stale_temps
 from archives.report import PrepError, PrepReport  # noqa: F401  (PrepError: re-exported)
@@ -51,6 +53,7 @@ def add_common_args(p: argparse.ArgumentParser, info, *, schemas=("compact", "pu
     p.add_argument("--skip-invalid", action="store_true",
                    help="warn about, skip and report bad items instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli_common.add_verbose_arg(p)
 
 
 def run_prep(prepare: Callable[[], PrepReport],

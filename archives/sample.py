@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from archives import dlrsd, registry
+import cli_common
+
+if __name__ == "__main__":  # quiet TensorFlow before archives.dlrsd imports it
+    cli_common.quiet_tensorflow("--verbose" in sys.argv[1:])
+from archives import dlrsd, registry  # noqa: E402
 
 C = {n: i for i, n in enumerate(dlrsd.CLASS_NAMES)}
 # scene -> (background classes, classes always drawn, classes drawn with probability 1/2)
@@ -174,7 +178,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", choices=VARIANTS, default="default",
                    help="DLRSD: 'hard' shares colours/textures between classes (README)")
+    cli_common.add_verbose_arg(p)
     a = p.parse_args(argv)
+    cli_common.quiet_tensorflow(a.verbose)
     # the archive's own writer (named in its description), given the options it takes
     writer = importlib.import_module(registry.get(a.dataset).sample_module).write_sample_archive
     options = {"per_class": a.per_class, "n_patches": a.patches, "variant": a.variant}

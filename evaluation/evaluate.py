@@ -49,7 +49,8 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
              index: str = "exact", exclude_self: bool = False) -> dict:
     """Rank every query and return the result dict (means of every metric, counts, timing).
 
-    ``keep``: also return the top-K indices of the first ``keep`` queries (key ``topk_index``).
+    ``keep``: also return the top-K indices and distances of the first ``keep`` queries (keys
+    ``topk_index``, ``topk_distance``).
     ``metric="hamming"`` ranks packed codes; ``index="approx"``: approximate chi-square (its
     recall@K against exact search is in the result). ``exclude_self``: query = archive (same
     rows), each query's own row is not retrieved and not counted as relevant.
@@ -76,7 +77,7 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
                           "share no label with anything: such queries score 0)", stacklevel=2)
     sums: dict[str, float] = {}
     no_relevant = 0
-    kept = []
+    kept, kept_dist = [], []
     t0 = time.perf_counter()
     info: dict = {}
     blocks = search_blocks(query, archive, k + int(exclude_self), metric, index, query_block,
@@ -86,7 +87,7 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
     if progress:
         from tqdm import tqdm
         blocks = tqdm(blocks, total=-(-len(query) // query_block), desc="ranking", unit="block")
-    for q0, idx, _ in blocks:
+    for q0, idx, dist in blocks:
         qlab = query.label[q0:q0 + idx.shape[0]]
         s = shared_counts(qlab, archive.label, idx)
         n_rel, ideal = archive_gains(qlab, archive.label, kmax_global + int(exclude_self))
@@ -100,6 +101,7 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
             sums[name] = sums.get(name, 0.0) + float(values.sum())
         if len(kept) * query_block < keep:
             kept.append(idx)
+            kept_dist.append(np.asarray(dist))
     seconds = time.perf_counter() - t0
     n = len(query)
     result = {
@@ -115,4 +117,6 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
         result["headline"] = {info.headline_metric: result["metrics"][info.headline_metric]}
     if keep:
         result["topk_index"] = np.concatenate(kept)[:keep] if kept else np.empty((0, k), np.int64)
+        result["topk_distance"] = (np.concatenate(kept_dist)[:keep] if kept_dist
+                                   else np.empty((0, k), np.float32))
     return result

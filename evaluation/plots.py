@@ -1,5 +1,9 @@
 """Pictures of retrieval results: a query and its top-k images, captioned with labels.
 
+Each retrieved image carries its rank, distance, the number of labels it shares with the query
+and a relevant/irrelevant frame (solid blue / dashed orange, named under the rank and in the
+legend); label names are wrapped, never cut; the title names the run and the query.
+
 Images come from the TFRecords through the archive module's ``parse_records``; the archive's
 description (archives/registry.py) names the channels shown as RGB and the display range:
 DLRSD as is (0-255 RGB), BEN as an RGB composite of B04/B03/B02, contrast-stretched between the
@@ -50,48 +54,126 @@ def load_images(record_paths: Sequence[str], dataset: str, indices) -> dict[int,
 
 def label_text(labels: np.ndarray, class_names: Sequence[str]) -> str:
     names = [class_names[c] for c in np.flatnonzero(np.asarray(labels) > 0.5)]
-    return ", ".join(names) if names else "(no label)"
+    return "; ".join(names) if names else "(no label)"  # CORINE names hold commas
+
+
+# Okabe-Ito colours (distinguishable with colour-blindness); relevance is also told by the
+# frame's line style and the word under the rank, never by colour alone
+RELEVANT = {"color": "#0072B2", "linestyle": "-"}
+IRRELEVANT = {"color": "#D55E00", "linestyle": (0, (3, 1.5))}  # dashed
+QUERY = {"color": "black", "linestyle": "-"}
+WRAP = 30  # characters per caption line (a 2.6-inch panel at 7 pt)
+RELEVANCE_TEXT = {"multilabel": ("relevant: shares at least one label with the query",
+                                 "irrelevant: shares no label"),
+                  "scene": ("relevant: same scene class as the query", "irrelevant: another scene")}
+
+
+def _frame(ax, style) -> None:
+    """Ticks off, the four spines drawn thick in ``style`` (colour and line style)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_edgecolor(style["color"])
+        spine.set_linestyle(style["linestyle"])
+        spine.set_linewidth(4)
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, WRAP, break_on_hyphens=False)
+
+
+def panel_texts(query_labels, labels, class_names, distances=None, metric: str | None = None,
+                relevance: str = "multilabel") -> list[dict]:
+    """Per panel (query first): ``head`` (above the image), ``caption`` (wrapped label names,
+    never cut), ``relevant`` (None for the query). Relevant = shares >= 1 label with the query
+    (for scene relevance the labels are one-hot scene classes, so: same scene)."""
+    q = np.asarray(query_labels) > 0.5
+    out = [{"head": "query", "caption": _wrap(label_text(query_labels, class_names)),
+            "relevant": None}]
+    for r, lab in enumerate(labels, 1):
+        shared = int((q & (np.asarray(lab) > 0.5)).sum())
+        relevant = shared > 0
+        dist = "" if distances is None else f", {metric or 'distance'} {distances[r - 1]:.4g}"
+        if relevance == "scene":
+            count = "same scene" if relevant else "other scene"
+        else:
+            count = f"shares {shared} of {int(q.sum())} labels"
+        word = "relevant" if relevant else "irrelevant"
+        out.append({"head": f"#{r}{dist}\n{count}: {word}",
+                    "caption": _wrap(label_text(lab, class_names)),
+                    "relevant": relevant})
+    return out
 
 
 def plot_query(out_path, query_image, query_labels, images, labels, class_names,
-               title: str = "") -> None:
-    """One PNG: the query then its retrieved images, each captioned (labels, shared count)."""
-    import matplotlib
-    matplotlib.use("Agg")
+               title: str = "", distances=None, metric: str | None = None,
+               relevance: str = "multilabel") -> None:
+    """One PNG (written atomically) of ``query_figure``."""
     import matplotlib.pyplot as plt
 
-    q = np.asarray(query_labels) > 0.5
-    n = len(images) + 1
-    cols = min(n, 6)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.4 * rows), squeeze=False,
-                             layout="constrained")
-    for ax in axes.ravel():
-        ax.axis("off")
-    panels = [(query_image, query_labels, "query")]
-    for r, (img, lab) in enumerate(zip(images, labels), 1):
-        shared = int((q & (np.asarray(lab) > 0.5)).sum())
-        panels.append((img, lab, f"#{r}, shared {shared}"))
-    for ax, (img, lab, head) in zip(axes.ravel(), panels):
-        ax.imshow(img)
-        lines = textwrap.wrap(label_text(lab, class_names), 28)
-        if len(lines) > 3:  # keep captions from running into the row above
-            lines = lines[:2] + [lines[2][:25] + "..."]
-        text = "\n".join(lines)
-        ax.set_title(f"{head}\n{text}", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=80)
+    from atomic_files import atomic_path
+    fig = query_figure(query_image, query_labels, images, labels, class_names, title,
+                       distances, metric, relevance)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
 
 
+def query_figure(query_image, query_labels, images, labels, class_names, title: str = "",
+                 distances=None, metric: str | None = None, relevance: str = "multilabel"):
+    """The query then its retrieved images in rank order. Each retrieved image shows its rank,
+    distance, shared-label count and relevance (framed: solid blue = relevant, dashed orange =
+    irrelevant, and the word), with its label names wrapped below. Returns the figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    panels = panel_texts(query_labels, labels, class_names, distances, metric, relevance)
+    n = len(panels)
+    cols = min(n, 6)
+    rows = -(-n // cols)
+    row_lines = [max(p["caption"].count("\n") + p["head"].count("\n") + 2
+                     for p in panels[r * cols:(r + 1) * cols]) for r in range(rows)]
+    row_h = [2.5 + 0.15 * lines for lines in row_lines]  # image + its text lines (7 pt)
+    height = sum(row_h) + 0.5 + 0.17 * (title.count("\n") + 1)  # legend, title
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, height), squeeze=False,
+                             layout="constrained", gridspec_kw={"height_ratios": row_h})
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, p in zip(axes.ravel(), [query_image, *images], panels):
+        ax.axis("on")
+        ax.imshow(img)
+        style = QUERY if p["relevant"] is None else RELEVANT if p["relevant"] else IRRELEVANT
+        _frame(ax, style)
+        ax.set_title(p["head"], fontsize=7, fontweight="bold" if p["relevant"] is None else None)
+        ax.set_xlabel(p["caption"], fontsize=7)
+    legend = list(RELEVANCE_TEXT[relevance])
+    handles = [Patch(facecolor="none", edgecolor=st["color"], linestyle=st["linestyle"],
+                     linewidth=2.5, label=text)
+               for st, text in ((RELEVANT, legend[0]), (IRRELEVANT, legend[1]))]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def plot_results(out_dir, dataset: str, query_records, archive_records, topk_index: np.ndarray,
-                 query_labels, archive_labels, query_names=None, per_query: int = 10) -> list[Path]:
-    """One PNG per row of ``topk_index`` (query i = record i); returns the written paths."""
+                 query_labels, archive_labels, query_names=None, per_query: int = 10, *,
+                 distances=None, metric: str | None = None, run_name: str = "",
+                 class_names: Sequence[str] | None = None,
+                 relevance: str = "multilabel") -> list[Path]:
+    """One PNG per row of ``topk_index`` (query i = record i); returns the written paths.
+
+    ``distances``: the (n, K) distances of ``topk_index``; ``run_name`` heads each title;
+    ``class_names``: the names of the label columns (default: the archive's classes; scene
+    relevance passes the scene classes)."""
     from archives import registry
-    class_names = registry.get(dataset).class_names
+    if class_names is None:
+        class_names = registry.get(dataset).class_names
     top = np.asarray(topk_index)[:, :per_query]
+    dist = None if distances is None else np.asarray(distances)[:, :per_query]
     q_imgs = load_images(query_records, dataset, range(top.shape[0]))
     a_imgs = load_images(archive_records, dataset, np.unique(top))
     paths = []
@@ -99,7 +181,12 @@ def plot_results(out_dir, dataset: str, query_records, archive_records, topk_ind
         name = i if query_names is None else query_names[i]
         name = name.decode() if isinstance(name, bytes) else str(name)
         path = Path(out_dir) / f"query_{i:05d}.png"
+        head = f"{run_name}\n" if run_name else ""
+        title = (f"{head}query {i} ({name}): top {len(row)}"
+                 + (f" by {metric} distance" if metric else ""))
         plot_query(path, q_imgs[i], query_labels[i], [a_imgs[j] for j in row],
-                   [archive_labels[j] for j in row], class_names, title=f"query {i}: {name}")
+                   [archive_labels[j] for j in row], class_names, title=title,
+                   distances=None if dist is None else dist[i], metric=metric,
+                   relevance=relevance)
         paths.append(path)
     return paths

@@ -1,14 +1,22 @@
 """Collect finished cells into ``study.csv``, a summary over seeds and PNG plots.
 
 ``study.csv``: one row per finished cell; first the cell (``model``, ``noise_prcnt``, ``seed``),
-then the chance level (share of truly corrupted training samples), selection precision and
+then the chance level (share of truly corrupted training samples), the selection share (share
+of an epoch's samples a selection of ``noisy_sel_prcnt`` % flags), selection precision and
 recall (empty where the model selects nothing), times, and every retrieval metric.
 ``summary.csv`` / ``summary.md``: per (model, noise level) the number of seeds, mean and sample
-standard deviation of the headline metric, mAP@20, selection precision/recall and chance. With
-one seed the spread is undefined: ``n/a`` in summary.md and the printed table, an empty
-``_sd`` cell in summary.csv, no error bar in the plots. Plots: ``<headline>_vs_noise.png``
-(mean +- sd per model) and ``selection_vs_noise.png`` (precision and recall per model, with the
-chance line).
+standard deviation of the headline metric, mAP@20, selection precision/recall, chance and
+selection share. With one seed the spread is undefined: ``n/a`` in summary.md and the printed
+table, an empty ``_sd`` cell in summary.csv, no error bar in the plots.
+
+Plots, each captioned with the archive (synthetic sample or records folder), epochs and seeds
+(``study_caption``, ``caption_figure``: reuse them for other study figures):
+``<headline>_vs_noise.png``: mean ± sd per model, on the full scale from 0 and zoomed (the zoomed
+range, at least ``MIN_ZOOM_SPAN`` high, is stated in its title);
+``selection_vs_noise.png``: precision per model with the chance line, recall per model with the
+recall bound min(1, flagged share / corrupted share) (``recall_bound``); noise levels without a
+corrupted training sample (0 %) are not drawn, since recall is 0/0 there and precision is 0 for
+any selection.
 """
 from __future__ import annotations
 
@@ -21,10 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from atomic_files import atomic_path
+from config import Config
 from studies.spec import Study
 
-FIRST = ("model", "noise_prcnt", "seed", "chance_level", "sel_precision", "sel_recall",
-         "train_time_s", "retrieval_time_s", "cell_time_s", "run_name")
+MIN_ZOOM_SPAN = 0.05  # a zoomed metric axis spans at least this much
+FIRST = ("model", "noise_prcnt", "seed", "chance_level", "selection_share", "sel_precision",
+         "sel_recall", "train_time_s", "retrieval_time_s", "cell_time_s", "run_name")
 
 
 def load_rows(study: Study) -> list[dict]:
@@ -87,58 +97,156 @@ def markdown(summary: list[dict], metrics: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: list[dict], headline: str, out_dir: Path, study: Study) -> list[Path]:
-    """The two PNGs (written atomically); returns their paths."""
+def study_caption(study: Study) -> str:
+    """One line naming what a study figure shows: archive (and whether it is the synthetic
+    sample archive), epochs, seeds and the noise rule. Shared by every study plot."""
+    base = {**study.base, **study.overrides}
+    dataset = base.get("dataset", "?")
+    if study.sample_archive is not None:
+        opts = study.sample_archive
+        data = (f"{dataset}: synthetic sample archive ({opts['variant']} variant, "
+                f"{opts['per_class']} images per class, seed {opts['seed']}), not {dataset} itself")
+    else:
+        paths = base.get("train_tfrecord_paths") or "?"
+        first = paths if isinstance(paths, str) else paths[0]
+        data = f"{dataset}: records {Path(first).parent}"
+    epochs = base.get("nb_epoch", Config.nb_epoch)
+    seeds = ", ".join(map(str, study.seeds))
+    return (f"{data}; {epochs} epochs; seeds {seeds} (bars: ±1 sample sd); "
+            "noise = share of (image, label) pairs changed")
+
+
+def caption_figure(fig, title: str, study: Study) -> None:
+    """Title and caption above a study figure (the suptitle; the caption wrapped to the
+    figure's width, about 13 characters an inch at 9 pt)."""
+    import textwrap
+    caption = textwrap.fill(study_caption(study), int(fig.get_figwidth() * 13))
+    fig.suptitle(f"{title}\n{caption}", fontsize=9)
+
+
+def zoomed_ylim(lows, highs, min_span: float = MIN_ZOOM_SPAN) -> tuple[float, float]:
+    """A y range holding every [low, high] (mean ± sd) with a margin, at least ``min_span``
+    high so that differences far below the seed spread do not fill the axis."""
+    lo, hi = float(np.nanmin(lows)), float(np.nanmax(highs))
+    span = max((hi - lo) * 1.2, min_span)
+    mid = (lo + hi) / 2
+    return mid - span / 2, mid + span / 2
+
+
+def _defined(s: dict, key: str) -> bool:
+    """Whether the summary row's ``key`` is a value to draw: present, and for the selection
+    figures only where some training sample is corrupted (at 0 % noise selection recall is
+    0/0 and precision is 0 for any selection: neither measures the selector)."""
+    if _missing(s.get(f"{key}_mean")):
+        return False
+    if key in ("sel_precision", "sel_recall"):
+        chance = s.get("chance_level_mean")
+        return not _missing(chance) and chance > 0
+    return True
+
+
+def headline_figure(summary: list[dict], headline: str, study: Study):
+    """Headline metric against noise, mean ± sd per model: on the full scale (from 0) and
+    zoomed (the range stated in the panel's title). Returns the figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    if f"{headline}_mean" not in summary[0]:  # archive too small for the headline metric
-        headline = None
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), layout="constrained")
+    lows, highs = [], []
     for i, model in enumerate(study.models):
-        rows = [s for s in summary if s["model"] == model]
-        if rows and headline:
-            x = np.array([s["noise_prcnt"] for s in rows], float) + (i - len(study.models) / 2) * 0.4
-            ax.errorbar(x, [s[f"{headline}_mean"] for s in rows],
-                        yerr=[_bar(s[f"{headline}_sd"]) for s in rows], marker="o", capsize=3,
-                        label=model)
-    ax.set_xlabel("label noise (% of (image, label) pairs)")
-    ax.set_ylabel(f"{headline} (mean ± sd over seeds)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    ax.grid(alpha=0.3)
-    if headline:
-        paths.append(out_dir / f"{headline.replace('@', '_at_')}_vs_noise.png")
-        _save(fig, paths[-1])
-    else:
-        plt.close(fig)
+        rows = [s for s in summary if s["model"] == model and _defined(s, headline)]
+        if not rows:
+            continue
+        x = np.array([s["noise_prcnt"] for s in rows], float) + (i - len(study.models) / 2) * 0.4
+        mean = np.array([s[f"{headline}_mean"] for s in rows])
+        sd = np.array([_bar(s[f"{headline}_sd"]) for s in rows])
+        lows += list(mean - sd)
+        highs += list(mean + sd)
+        for ax in axes:
+            ax.errorbar(x, mean, yerr=sd, marker="o", capsize=3, label=model)
+    for ax in axes:
+        ax.set_xlabel("label noise (% of (image, label) pairs)")
+        ax.set_ylabel(f"{headline} (mean ± sd over seeds)")
+        ax.grid(alpha=0.3)
+    top = max(1.0, float(np.nanmax(highs)) * 1.05) if highs else 1.0
+    axes[0].set_ylim(0, top)
+    axes[0].set_title("full scale (y from 0)", fontsize=9)
+    if highs:
+        lo, hi = zoomed_ylim(lows, highs)
+        axes[1].set_ylim(lo, hi)
+        axes[1].set_title(f"zoomed: y from {lo:.3f} to {hi:.3f} (span {hi - lo:.3f}); "
+                          f"largest sd {max(h - l for l, h in zip(lows, highs)) / 2:.3f}",
+                          fontsize=9)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, loc="lower left")
+    caption_figure(fig, f"{headline} against label noise", study)
+    return fig
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    chance = {}
+
+def recall_bound(chance: float, share: float) -> float:
+    """The largest selection recall possible when a share ``share`` of the training records is
+    flagged and a share ``chance`` is corrupted: at most every flagged record is a corrupted
+    one, so recall <= (share N) / (chance N) = share / chance, and recall <= 1."""
+    return min(1.0, share / chance) if chance > 0 else math.nan
+
+
+def selection_figure(summary: list[dict], study: Study):
+    """Selection precision (with the chance line) and recall (with its bound) against noise;
+    values at noise levels without corrupted samples are not drawn. Returns the figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), layout="constrained")
+    chance, share = {}, {}
     for s in summary:
-        if not _missing(s["chance_level_mean"]):
+        if not _missing(s.get("chance_level_mean")) and s["chance_level_mean"] > 0:
             chance[s["noise_prcnt"]] = s["chance_level_mean"]
+            if not _missing(s.get("selection_share_mean")):
+                share[s["noise_prcnt"]] = s["selection_share_mean"]
+    nominal = {**study.base, **study.overrides}.get("noisy_sel_prcnt", Config.noisy_sel_prcnt)
     for ax, key, title in ((axes[0], "sel_precision", "selection precision"),
                            (axes[1], "sel_recall", "selection recall")):
         for model in study.models:
-            rows = [s for s in summary if s["model"] == model and not _missing(s[f"{key}_mean"])]
+            rows = [s for s in summary if s["model"] == model and _defined(s, key)]
             if rows:
                 ax.errorbar([s["noise_prcnt"] for s in rows], [s[f"{key}_mean"] for s in rows],
                             yerr=[_bar(s[f"{key}_sd"]) for s in rows], marker="o", capsize=3,
                             label=model)
-        if key == "sel_precision" and chance:
-            xs = sorted(chance)
-            ax.plot(xs, [chance[x] for x in xs], "k--", label="chance (share corrupted)")
-        ax.set_title(title)
-        ax.set_xlabel("label noise (%)")
-        ax.set_ylim(-0.02, 1.02)
+        xs = sorted(chance)
+        if key == "sel_precision" and xs:
+            ax.plot(xs, [chance[x] for x in xs], "k--",
+                    label="chance: share of training images corrupted")
+        if key == "sel_recall" and xs:
+            exact = all(x in share for x in xs)
+            sel = {x: share[x] if exact else nominal / 100 for x in xs}
+            what = "flagged share" if exact else f"{nominal} % flagged"
+            ax.plot(xs, [recall_bound(chance[x], sel[x]) for x in xs], "k:", marker="_", ms=16,
+                    label=f"bound: min(1, {what} / corrupted share)")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("label noise (% of (image, label) pairs)")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlim(left=min(study.noise_levels) - 3, right=max(study.noise_levels) + 3)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.legend(fontsize=8)
+    undefined = sorted({s["noise_prcnt"] for s in summary} - set(chance))
+    sub = "noisy-sample selection of the models that select (last epoch)"
+    if undefined:
+        sub += f"; not drawn at {', '.join(map(str, undefined))} % (no corrupted sample)"
+    caption_figure(fig, sub, study)
+    return fig
+
+
+def plot(summary: list[dict], headline: str, out_dir: Path, study: Study) -> list[Path]:
+    """The two PNGs (written atomically); returns their paths."""
+    paths = []
+    if summary and f"{headline}_mean" in summary[0]:  # else: archive too small for it
+        paths.append(out_dir / f"{headline.replace('@', '_at_')}_vs_noise.png")
+        _save(headline_figure(summary, headline, study), paths[-1])
     paths.append(out_dir / "selection_vs_noise.png")
-    _save(fig, paths[-1])
+    _save(selection_figure(summary, study), paths[-1])
     return paths
 
 
@@ -168,7 +276,7 @@ def collect(study: Study, headline: str | None = None) -> dict:
     _write_text(out / "study.csv", _csv(rows, list(FIRST) + metric_cols))
     info = registry.ARCHIVES.get(study.base.get("dataset"))
     headline = headline or (info.headline_metric if info else "NDCG@20")
-    keys = [headline, "mAP@20", "sel_precision", "sel_recall", "chance_level"]
+    keys = [headline, "mAP@20", "sel_precision", "sel_recall", "chance_level", "selection_share"]
     keys = [k for k in keys if any(k in r for r in rows)]
     summary = summarise(rows, keys, study)
     cols = ["model", "noise_prcnt", "n_seeds"] + [f"{k}_{s}" for k in keys for s in ("mean", "sd")]

@@ -78,9 +78,9 @@ def _write_data(study: Study, levels: list, log) -> None:
         raise RuntimeError(f"prep_DLRSD_noisy failed for {study.data_dir}")
 
 
-def corrupted_share(cfg) -> float:
-    """Share of the training records read by ``cfg`` whose noisy multi-hot differs from the
-    clean one: the precision a random noisy-sample selection would have (chance level)."""
+def training_counts(cfg) -> tuple[int, int]:
+    """(records, corrupted records) of the training files read by ``cfg``: a record is
+    corrupted when its noisy multi-hot differs from the clean one."""
     from archives import get_archive
 
     arch = get_archive(cfg.dataset)
@@ -91,7 +91,23 @@ def corrupted_share(cfg) -> float:
         diff = np.any(batch["label"].numpy() != batch["noisy_label"].numpy(), axis=1)
         total += diff.size
         corrupted += int(diff.sum())
-    return corrupted / total if total else math.nan
+    return total, corrupted
+
+
+def selected_per_epoch(n_records: int, batch_size: int, noisy_sel_prcnt: int) -> int:
+    """Samples GRID flags as noisy in one epoch: floor(B * S / 100) of each batch
+    (losses/selection.py), the last, smaller batch included."""
+    full, rest = divmod(n_records, batch_size)
+    per_batch = lambda b: (b * noisy_sel_prcnt) // 100  # noqa: E731  (integer floor)
+    return full * per_batch(batch_size) + per_batch(rest)
+
+
+def selection_share(cfg, n_records: int) -> float:
+    """The share of an epoch's training records a selection of ``noisy_sel_prcnt`` % flags;
+    the selection recall bound is min(1, selection_share / corrupted share) (studies/report.py)."""
+    if not n_records:
+        return math.nan
+    return selected_per_epoch(n_records, cfg.batch_size, cfg.noisy_sel_prcnt) / n_records
 
 
 def _retrieval_args(study: Study, dump_path: Path):
@@ -162,8 +178,10 @@ def _train_and_evaluate(study: Study, index: int, cell: Cell, show_progress: boo
     t_train = time.perf_counter() - start
     _, res = retrieval.run_config(str(cfg.config_dump_path), _retrieval_args(study, cfg.config_dump_path))
     final = json.loads(cfg.config_dump_path.read_text()).get("final_metrics") or {}
+    n_records, n_corrupted = training_counts(cfg)
     row = {"model": cell.model, "noise_prcnt": cell.noise_prcnt, "seed": cell.seed,
-           "chance_level": corrupted_share(cfg),
+           "chance_level": n_corrupted / n_records if n_records else math.nan,
+           "selection_share": selection_share(cfg, n_records),
            "sel_precision": final.get("sel_precision", math.nan),
            "sel_recall": final.get("sel_recall", math.nan),
            "train_time_s": round(float(result.training_time_s), 2),

@@ -4,7 +4,9 @@ Keys: ``base_config`` (a train config path), ``models``, ``noise_levels``, ``see
 lists), ``out`` (a folder); optional ``sample_archive`` ({"variant", "per_class", "seed"}: write
 the DLRSD-style sample archive and its TFRecords under ``out/data`` and train on them),
 ``retrieval`` ({"metric", "max_topk"}), and any train config key (e.g. ``nb_epoch``), which
-overrides the base config in every cell. Errors name the file and the key.
+overrides the base config in every cell. ``load_study(path, overrides)`` adds command-line
+overrides (``study.py --set key=value``) on top of the file's, for every cell. Errors name the
+file (or ``--set``) and the key.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from config import Config, ConfigError
+from config import Config, ConfigError, label_problems, with_overrides
 
 STUDY_KEYS = ("base_config", "models", "noise_levels", "seeds", "out", "sample_archive",
               "retrieval")
@@ -49,6 +51,7 @@ class Study:
     overrides: dict
     sample_archive: dict | None
     retrieval: dict
+    cli_overrides: dict = dataclasses.field(default_factory=dict)  # --set, in overrides too
 
     @property
     def cells(self) -> list[Cell]:
@@ -69,7 +72,7 @@ class Study:
 
     def cell_config(self, cell: Cell) -> Config:
         """The validated train config of one cell (own dumps folders under ``out/runs``)."""
-        d = {**self.base, **self.overrides}
+        d, _ = with_overrides(self.base, self.overrides)
         if self.sample_archive is not None:
             rec = self.data_dir / "TFRecord"
             d.update(train_tfrecord_paths=str(rec / "train.tfrecord"),
@@ -83,7 +86,9 @@ class Study:
         try:
             return Config.from_dict(d)
         except ConfigError as err:
-            raise StudyError(f"{self.path}: cell {cell.name}: {err}") from None
+            where = f"{self.path}: cell {cell.name}"
+            raise StudyError("\n".join(label_problems(err.problems, self.cli_overrides, where))) \
+                from None
 
 
 def _list(path, data, key, kind):
@@ -113,8 +118,9 @@ def _sub(path, data, key, defaults):
     return {**defaults, **value}
 
 
-def load_study(path) -> Study:
-    """Read and validate a study file; every cell's train config is validated too."""
+def load_study(path, overrides: dict | None = None) -> Study:
+    """Read and validate a study file; every cell's train config is validated too.
+    ``overrides`` ({key: value}, from ``--set``) apply to every cell after the file's own."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -147,10 +153,19 @@ def load_study(path) -> Study:
     sample = _sub(path, data, "sample_archive", SAMPLE_KEYS)
     if sample is not None and base.get("dataset", "DLRSD") != "DLRSD":
         raise StudyError(f"{path}: sample_archive: only for dataset DLRSD")
+    overrides = dict(overrides or {})
+    fixed = [k for k in overrides if k.partition(".")[0] in CELL_KEYS]
+    if fixed:
+        raise StudyError(f"--set {fixed[0]}: set per cell by the study (models, noise_levels, "
+                         "seeds, out); it cannot be overridden")
+    _, problems = with_overrides(base, overrides)
+    if problems:
+        raise StudyError("\n".join(problems))
     study = Study(path=str(path), base=base, models=_list(path, data, "models", str),
                   noise_levels=_list(path, data, "noise_levels", int),
                   seeds=_list(path, data, "seeds", int), out=Path(out),
-                  overrides={k: v for k, v in data.items() if k in train_keys},
+                  overrides={**{k: v for k, v in data.items() if k in train_keys}, **overrides},
+                  cli_overrides=overrides,
                   sample_archive=sample,
                   retrieval=_sub(path, data, "retrieval", RETRIEVAL_KEYS) or dict(RETRIEVAL_KEYS))
     for cell in study.cells:

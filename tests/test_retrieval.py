@@ -108,6 +108,36 @@ def _feature_model(path):
     return str(path)
 
 
+def test_config_mode_adds_metrics_to_the_runs_tensorboard_summaries(tmp_path, capsys):
+    """retrieval/<metric> scalars go where training wrote its summaries, at the last epoch;
+    without a summaries folder (no training there) nothing is created."""
+    pytest.importorskip("archives.pipeline")
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train = _dlrsd_records(tmp_path / "train.tfrecord", 6, 1)
+    test = _dlrsd_records(tmp_path / "test.tfrecord", 12, 2)
+    summaries = tmp_path / "summaries"
+    cfg = {"run_name": "tiny-run", "model_name": "BCE", "dataset": "DLRSD", "nb_class": 17,
+           "nb_epoch": 3, "feature_model_path": _feature_model(tmp_path / "fm.keras"),
+           "train_tfrecord_paths": [train], "test_tfrecord_paths": [test],
+           "dumps": {"features": str(tmp_path / "features"), "summaries": str(summaries)}}
+    cfg_path = tmp_path / "tiny-run.json"
+    cfg_path.write_text(json.dumps(cfg))
+    assert retrieval.main([str(cfg_path), "--quiet", "--batch-size", "4"]) == 0
+    assert not summaries.exists()  # no training summaries: none created
+    (summaries / "tiny-run").mkdir(parents=True)
+    assert retrieval.main([str(cfg_path), "--quiet", "--batch-size", "4"]) == 0
+    err = capsys.readouterr().err
+    assert f"retrieval metrics added to TensorBoard: {summaries / 'tiny-run'}" in err
+    res = json.loads((tmp_path / "features" / "tiny-run" / "retrieval.json").read_text())
+    ea = EventAccumulator(str(summaries / "tiny-run"), size_guidance={"tensors": 0})
+    ea.Reload()
+    (ev,) = ea.Tensors("retrieval/mAP@10")
+    assert ev.step == 3
+    assert float(tf.make_ndarray(ev.tensor_proto)) == pytest.approx(res["metrics"]["mAP@10"])
+
+
 def test_config_mode_extract_reuse_plot(tmp_path, capsys):
     pytest.importorskip("archives.pipeline")
     train = _dlrsd_records(tmp_path / "train.tfrecord", 6, 1)
@@ -129,7 +159,11 @@ def test_config_mode_extract_reuse_plot(tmp_path, capsys):
     with h5py.File(out_dir / "query.h5", "r") as f:
         assert f["feature"].shape == (6, 4) and f["label"].shape == (6, 17)
         assert f["patch_name"][0] == b"img1_0"
-    assert "written" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "written" in captured.err
+    # where the pictures went, on stdout
+    assert (f"tiny-run: 2 retrieval picture(s) in {out_dir / 'plots'}/ "
+            "(query_00000.png, query_00001.png)") in captured.out
     assert retrieval.main([str(cfg_path), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "query features reused" in err and "archive features reused" in err

@@ -116,6 +116,8 @@ def test_study_runs_cells_skips_finished_and_collects(tmp_path, base_config, cap
         "train_tfrecord_paths"]).parent / "train_noise_prcnt50.tfrecord")]))
     share = np.mean([np.any(r["label"].numpy() != r["noisy_label"].numpy()) for r in recs])
     assert all(float(r["chance_level"]) == pytest.approx(share) for r in rows)
+    # 8 records in batches of 4 at 25 %: floor(4 * 25 / 100) = 1 flagged per batch, 2 of 8
+    assert all(float(r["selection_share"]) == pytest.approx(2 / 8) for r in rows)
     assert rows[0]["sel_precision"] == "" and rows[2]["sel_recall"] == ""
     assert 0.0 <= float(rows[1]["sel_precision"]) <= 1.0
     for r in rows:
@@ -171,6 +173,31 @@ def test_shipped_study_and_demo_configs_are_valid(monkeypatch):
         demo = Config.from_json(f"configs/{name}.json")
         assert demo.suffix == "hard" and "DLRSD-hard" in demo.train_tfrecord_paths[0]
         assert demo.nb_epoch == s.overrides["nb_epoch"] and demo.backbone == cfg.backbone
+
+
+def test_selected_per_epoch_counts_the_floor_of_each_batch():
+    assert runner.selected_per_epoch(294, 32, 10) == 27  # 9 batches x 3, then 6 x 10 % -> 0
+    assert runner.selected_per_epoch(10, 4, 25) == 2
+    assert runner.selected_per_epoch(40, 20, 10) == 4
+
+
+def test_set_overrides_every_cell_after_the_file(tmp_path, base_config, capsys):
+    path = _study(tmp_path, base_config, nb_epoch=1, learning_rate=0.01)
+    s = load_study(path, {"nb_epoch": 2, "embed_dim": 16})
+    cfgs = [s.cell_config(c) for c in s.cells]
+    assert all(c.nb_epoch == 2 and c.embed_dim == 16 and c.learning_rate == 0.01 for c in cfgs)
+    assert study_cli.main([str(path), "--list", "--set", "nb_epoch=2"]) == 0
+    with pytest.raises(StudyError, match="--set seed: set per cell"):
+        load_study(path, {"seed": 3})
+    assert study_cli.main([str(path), "--list", "--set", "nb_epok=2", "--set", "embed_dim=0",
+                           "--set", "oops"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --set oops: expected KEY=VALUE" in err
+    assert study_cli.main([str(path), "--list", "--set", "nb_epok=2", "--set",
+                           "embed_dim=0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "error: --set nb_epok: unknown key; did you mean 'nb_epoch'?" in err[0]
+    assert any(line.startswith("error: --set embed_dim: must be >= 1") for line in err)
 
 
 # ---------------------------------------------------------------- claims and spreads
