@@ -156,9 +156,11 @@ ASIDE_MARK = ".overwritten-"  # .<name>.overwritten-<token>: a set-aside output
 
 
 def run_outputs(cfg: Config) -> list[Path]:
-    """Where a run writes: weights folder (checkpoints, feature model), summaries folder,
-    dumped config, features folder (retrieval)."""
-    return [cfg.weights_dir, cfg.summaries_dir, cfg.config_dump_path, cfg.features_dir]
+    """What --overwrite replaces: checkpoints folder, feature model, summaries folder, dumped
+    config, features folder (retrieval). Other files of the weights folder stay (MiLaN's
+    training-feature cache, which checks itself against the records)."""
+    return [cfg.checkpoint_dir, cfg.feature_model_path, cfg.summaries_dir, cfg.config_dump_path,
+            cfg.features_dir]
 
 
 def overwrite_lock_path(cfg: Config) -> Path:
@@ -170,11 +172,11 @@ def overwrite_lock_path(cfg: Config) -> Path:
 def check_not_linked(cfg: Config) -> None:
     """RunError naming the first run output that is a symbolic link: --overwrite would move the
     link, not what it points to, so it refuses before anything is moved. (A link higher up,
-    e.g. ``dumps/summaries`` itself, is followed: everything moves inside its target.)"""
-    keys = [("dumps.model_weights", cfg.weights_dir), ("dumps.model_weights", cfg.checkpoint_dir),
-            ("dumps.model_weights", cfg.feature_model_path), ("dumps.summaries", cfg.summaries_dir),
-            ("dumps.configs", cfg.config_dump_path), ("dumps.features", cfg.features_dir)]
-    for key, path in keys:
+    e.g. ``dumps/summaries`` or the run's weights folder, is followed: everything moves inside
+    its target.)"""
+    keys = ["dumps.model_weights", "dumps.model_weights", "dumps.summaries", "dumps.configs",
+            "dumps.features"]
+    for key, path in zip(keys, run_outputs(cfg), strict=True):
         if path.is_symlink():
             raise RunError(f"{path}: is a symbolic link (to {os.readlink(path)}); --overwrite "
                            f"does not replace linked run outputs: remove the link (its target "

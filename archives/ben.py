@@ -453,7 +453,7 @@ def resolve_splits(root: Path, csvs: dict, skip_invalid: bool, skipped: list) ->
     return splits, absent
 
 
-@locks_output("out")
+@locks_output
 def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = NOISE_LEVELS,
             seed: int = 42, schema: str = "compact", workers: int = 1,
             skip_invalid: bool = False, progress: bool = True):

@@ -294,7 +294,7 @@ def resolve_splits(layout: v2.Layout, csvs: dict, skip_invalid: bool, skipped: l
     return meta, splits, via_v1, source
 
 
-@locks_output("out")
+@locks_output
 def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = NOISE_LEVELS,
             seed: int = 42, s1_storage: str = S1_STORAGE, workers: int = 1,
             skip_invalid: bool = False, progress: bool = True):

@@ -11,6 +11,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from archives.prep_cli import lock_output_folder
 from atomic_files import WriteError, atomic_path, remove_stale_temps
 
 
@@ -114,7 +115,9 @@ def records_dataset(paths, parser_for: Callable[[str], Callable]) -> tf.data.Dat
 
 
 def check_writable(folder: str | os.PathLike) -> None:
-    """Create ``folder`` and probe it with a tiny file; ValueError naming it when it cannot be written."""
+    """Create ``folder`` and probe it with a tiny file; ValueError naming it when it cannot be
+    written. Inside a prep function (``prep_cli.locks_output``) the folder is locked from here
+    on (``locks.LockHeld`` naming the holder when another prep writes there)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -122,6 +125,7 @@ def check_writable(folder: str | os.PathLike) -> None:
             pass
     except OSError as err:
         raise ValueError(f"{folder}: output folder cannot be written ({err.strerror or err})") from err
+    lock_output_folder(folder)
     for path in remove_stale_temps(folder):
         warnings.warn(f"removed {path}, left by an interrupted earlier run", stacklevel=2)
 

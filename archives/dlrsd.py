@@ -392,7 +392,7 @@ def _try_load(it: Item, label_table: dict | None, ml_path):
         return None, e
 
 
-@locks_output("out_folder")
+@locks_output
 def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = NOISE_LEVELS,
             seed: int = 42, schema: str = "compact", multi_labels=None, skip_invalid: bool = False,
             progress: bool = True, workers: int = 1):

@@ -9,15 +9,15 @@
 - one report format: ``PrepReport.summary()`` (plus archive-specific notes), the JSON report and
   ``records_meta.json`` beside the records;
 - one output folder, one prep at a time: every ``prepare`` function holds the lock of
-  ``<out>/TFRecord`` while it runs (:func:`locks_output`; a second prep there exits 2 naming the
-  holder). See docs/reliability.md.
+  ``<out>/TFRecord`` from checking that folder until it returns (:func:`locks_output`; a second
+  prep there exits 2 naming the holder). See docs/reliability.md.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import functools
-import inspect
 import os
 import sys
 import warnings
@@ -105,16 +105,29 @@ def output_lock(folder: str | os.PathLike, purpose: str) -> Iterator[locks.Lock]
             raise
 
 
-def locks_output(out_param: str):
-    """Decorator of a ``prepare`` function: hold :func:`output_lock` on ``<out>/TFRecord``
-    (``out`` = its argument ``out_param``) for the whole call."""
-    def wrap(prepare: Callable) -> Callable:
-        signature = inspect.signature(prepare)
+# the prepare() call running in this context: (its ExitStack, its name); see locks_output
+_RUNNING: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("_RUNNING", default=None)
 
-        @functools.wraps(prepare)
-        def locked(*args, **kwargs):
-            out = signature.bind(*args, **kwargs).arguments[out_param]
-            with output_lock(Path(out) / "TFRecord", f"{prepare.__module__}.prepare"):
+
+def locks_output(prepare: Callable) -> Callable:
+    """Decorator of a ``prepare`` function: the output folder it checks with
+    ``archives.common.check_writable`` (after validating its arguments, before reading or
+    writing anything) is locked from then until the call returns (:func:`output_lock`)."""
+    @functools.wraps(prepare)
+    def locked(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            token = _RUNNING.set((stack, f"{prepare.__module__}.prepare"))
+            try:
                 return prepare(*args, **kwargs)
-        return locked
-    return wrap
+            finally:
+                _RUNNING.reset(token)
+    return locked
+
+
+def lock_output_folder(folder: str | os.PathLike) -> None:
+    """Inside a :func:`locks_output` call, hold ``folder``'s lock until that call returns
+    (``locks.LockHeld`` when another process holds it); elsewhere nothing."""
+    running = _RUNNING.get()
+    if running is not None:
+        stack, purpose = running
+        stack.enter_context(output_lock(folder, purpose))
