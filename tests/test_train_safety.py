@@ -239,7 +239,7 @@ def test_overwrite_with_a_damaged_training_file_keeps_the_old_run(records, tmp_p
     out, err = capsys.readouterr()
     assert err.strip().splitlines() == [f"error: {bad}: truncated or corrupt TFRecord "
                                         f"{err.split('TFRecord ', 1)[1].strip()}"]
-    assert f"--overwrite: moved {cfg.checkpoint_dir.parent} aside" in out
+    assert f"--overwrite: moved {cfg.checkpoint_dir} aside" in out
     assert f"the earlier run {cfg.run_name} is restored" in out
 
 
