@@ -6,8 +6,8 @@ file and never harms what already stood at the target path; the data reach the d
 before the rename publishes them, and temporaries left by a killed process (``kill -9``) are
 removed by :func:`remove_stale_temps` on the next run.
 
-Temporaries are created with O_CREAT|O_EXCL|O_NOFOLLOW (``tempfile.mkstemp``) under an
-unpredictable name, ``.<stem>.tmp-<pid>-<host>-<random><suffix>`` (hidden; ``<host>``: 8 hex
+Temporaries are created with O_CREAT|O_EXCL|O_NOFOLLOW (``tempfile.mkstemp``, :func:`new_temp`)
+under an unpredictable name, ``<stem>.tmp-<pid>-<host>-<random><suffix>`` (``<host>``: 8 hex
 digits of the host name), so a link planted in the folder is never written through. A symbolic
 link at the final name is refused (WriteError), not replaced. See docs/reliability.md.
 """
@@ -26,7 +26,7 @@ from typing import Any, Iterator
 from locks import hostname, pid_alive  # noqa: F401  (pid_alive: re-exported)
 
 # the names :func:`atomic_path` gives its temporaries, and nothing else
-_TEMP_RE = re.compile(r"^\..*\.tmp-(\d+)-([0-9a-f]{8})-[a-z0-9_]{8}(\.[^./]*)?$")
+_TEMP_RE = re.compile(r"^.+\.tmp-(\d+)-([0-9a-f]{8})-[a-z0-9_]{8}(\.[^./]*)?$")
 
 
 def host_tag() -> str:
@@ -86,9 +86,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a new, empty temporary file beside ``path`` to write to; rename it onto ``path``
     on success.
 
-    The temporary keeps the suffix (``.x.tmp-<pid>-<host>-<random>.keras``), for writers that
-    check it; it is created exclusively (never through a link) with the permissions of a new
-    file (0666 less the umask). The parent folder is created. On any exception
+    The temporary (:func:`new_temp`) keeps the suffix (``x.tmp-<pid>-<host>-<random>.keras``),
+    for writers that check it. The parent folder is created. On any exception
     (KeyboardInterrupt included) the temporary is removed and whatever stood at ``path`` is left
     untouched; an OSError (a full disk, a folder in the way, ...) becomes a :class:`WriteError`
     naming ``path``, and so does a symbolic link at ``path`` (refused, not replaced).
@@ -99,13 +98,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             _check_target(path)
-            fd, name = tempfile.mkstemp(suffix=path.suffix, dir=path.parent,
-                                        prefix=f".{path.stem}.tmp-{os.getpid()}-{host_tag()}-")
-            tmp = Path(name)
-            try:
-                os.fchmod(fd, 0o666 & ~_umask())
-            finally:
-                os.close(fd)
+            tmp = new_temp(path)
             yield tmp
             if tmp.is_symlink() or not tmp.is_file():
                 raise WriteError(f"{path}: not published: its temporary {tmp} was removed "
@@ -121,6 +114,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp is not None and (tmp.exists() or tmp.is_symlink()):
             _remove(tmp)
+
+
+def new_temp(path: str | os.PathLike) -> Path:
+    """A new, empty regular file beside ``path`` named ``<stem>.tmp-<pid>-<host>-<random>
+    <suffix>``, created exclusively (O_EXCL, never through a link) with the permissions of a
+    new file (0666 less the umask); for writers that rename it themselves (archives/shards.py)."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(suffix=path.suffix, dir=path.parent,
+                                prefix=f"{path.stem}.tmp-{os.getpid()}-{host_tag()}-")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(name)
 
 
 def _check_target(path: Path) -> None:

@@ -19,21 +19,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from archives import registry
+from models import registry as models
+from models.registry import BACKBONES, STRATEGIES
 
-GRID_MODELS = ("GRID-BCE", "GRID-PCE", "GRID-RRL")
-BASELINE_MODELS = ("BCE", "PCE", "RRL")
-HASH_MODELS = ("MiLaN",)          # metric-learning deep hashing (SPEC section 8)
-FEATURE_MODELS = ("OffTheShelf",)  # pretrained backbone features, no training (SPEC section 9)
-ROBUST_MODELS = ("SAT", "ELR", "JoCoR")  # label-noise-robust comparisons (models/robust.py)
-PIXEL_MAP_TASKS = ("PCE", "RRL")  # tasks trained on pixel maps (read the map noise rule)
-MODEL_NAMES = GRID_MODELS + BASELINE_MODELS + ROBUST_MODELS + HASH_MODELS + FEATURE_MODELS
 TRIPLET_LABELS = ("label", "scene")
 FEATURE_LAYERS = ("pooling", "output")
 DATASETS = registry.names()  # at import; validation reads the registry itself
-BACKBONES = ("densenet121", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
-             "mobilenet_v2", "small_cnn", "inception_v3")
 OPTIMIZERS = ("Adam", "SGD")
-STRATEGIES = ("default", "mirrored", "multi_worker")
 DUMP_KEYS = ("model_weights", "summaries", "configs", "features")
 DEFAULT_DUMPS = {"model_weights": "dumps/weights", "summaries": "dumps/summaries",
                  "configs": "dumps/configs", "features": "dumps/features"}
@@ -179,7 +171,7 @@ class Config:
     kl_weight: float = 1.0
     strategy: str = "default"
     jit_compile: bool = False  # XLA-compile the training and evaluation steps (GRID/baselines)
-    # MiLaN (SPEC 8) and deep features (SPEC 9)
+    # MiLaN and deep features (docs/hashing.md)
     hash_bits: int = 32
     train_backbone: bool = False
     triplet_labels: str = "label"
@@ -303,18 +295,23 @@ class Config:
 
     # ---- derived values ---------------------------------------------------------------------
     @property
+    def model(self) -> models.ModelInfo:
+        """The model's entry in models/registry.py."""
+        return models.get(self.model_name)
+
+    @property
     def is_grid(self) -> bool:
-        return self.model_name in GRID_MODELS
+        return self.model.is_grid
 
     @property
     def task(self) -> str:
-        """"BCE", "PCE" or "RRL": the task loss/head of the variant."""
-        return self.model_name.split("-")[-1]
+        """"BCE", "PCE" or "RRL": the task loss/head of the variant (models/registry.py)."""
+        return self.model.task
 
     @property
     def uses_pixel_maps(self) -> bool:
-        """Whether the task trains on pixel maps (PCE, RRL), so reads the map noise rule."""
-        return self.task in PIXEL_MAP_TASKS
+        """Whether the model trains on pixel maps (PCE, RRL), so reads the map noise rule."""
+        return self.model.pixel_maps
 
     @property
     def archive(self) -> registry.ArchiveInfo:
@@ -338,24 +335,37 @@ class Config:
 
     @property
     def noisy_train_paths(self) -> tuple[str, ...]:
-        """Training files actually read: basename -> train_noise_prcnt<N>.tfrecord when N > 0."""
+        """Training files actually read when N = noise_prcnt > 0: beside records of a sharded
+        prep (records_meta.json says so), the train paths plus the level's noise overlay
+        ``train_noise_prcnt<N>.overlay.npz``; otherwise train_noise_prcnt<N>.tfrecord in
+        place of each train file (docs/full-scale.md)."""
+        from archives.record_files import overlay_name
+        from archives.records_meta import overlay_layout
+
         if self.noise_prcnt == 0:
             return self.train_tfrecord_paths
         name = f"train_noise_prcnt{self.noise_prcnt}.tfrecord"
         out: list[str] = []
+        overlays: list[str] = []
         for path in self.train_tfrecord_paths:
-            noisy = os.path.join(os.path.dirname(path), name)
+            folder = os.path.dirname(path)
+            if overlay_layout(folder or "."):
+                noisy, overlay = path, os.path.join(folder, overlay_name(self.noise_prcnt))
+                if overlay not in overlays:
+                    overlays.append(overlay)
+            else:
+                noisy = os.path.join(folder, name)
             if noisy not in out:
                 out.append(noisy)
-        return tuple(out)
+        return tuple(out + overlays)
 
     @property
     def run_name(self) -> str:
         name = (f"{self.dataset}-{self.model_name}-embed{self.embed_dim}"
                 f"-noise_prcnt{self.noise_prcnt}-bs{self.batch_size}-epoch{self.nb_epoch}"
                 f"-noisy_sel_prcnt{self.noisy_sel_prcnt}")
-        if self.model_name in HASH_MODELS:
-            name += f"-bits{self.hash_bits}"
+        for key, fmt in self.model.run_name_extras:  # e.g. MiLaN's code length
+            name += "-" + fmt.format(getattr(self, key))
         if self.bands is not None and self.bands != registry.get(self.dataset).band_set:
             name += f"-bands_{self.bands}"  # only off the default: existing names stay
         return f"{name}-{self.suffix}" if self.suffix else name
@@ -461,7 +471,7 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     builds on are valid). Returns normalised values; problems are recorded through ``_fail``."""
     d = {k: (None if v is _MISSING else v) for k, v in d.items()}
     out = dict(d)
-    out["model_name"] = _check_choice("model_name", d["model_name"], MODEL_NAMES)
+    out["model_name"] = _check_choice("model_name", d["model_name"], models.names())
     out["dataset"] = _check_choice("dataset", d["dataset"], registry.names())
     out["backbone"] = _check_choice("backbone", d["backbone"], BACKBONES)
     out["optimizer"] = _check_choice("optimizer", d["optimizer"], OPTIMIZERS)
@@ -499,32 +509,13 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     _validate_milan_keys(d, out)
     dataset, model = out["dataset"], out["model_name"]
     info = None if _bad("dataset") else registry.get(dataset)
-    if info and not _bad("model_name") and not info.has_pixel_maps and \
-            model.split("-")[-1] in PIXEL_MAP_TASKS:
-        _fail(f"model_name: {model!r} needs pixel maps, which {dataset} does not have; "
-              f"use GRID-BCE or BCE with dataset {dataset}")
-    if not _bad("model_name", "strategy") and model in HASH_MODELS + FEATURE_MODELS and \
-            out["strategy"] != "default":
-        _fail(f"strategy: {model} runs on one device; use 'default', got {out['strategy']!r}")
     out["jit_compile"] = _check_bool("jit_compile", d["jit_compile"])
-    if out["jit_compile"] is True and not _bad("model_name", "strategy"):
-        if model not in GRID_MODELS + BASELINE_MODELS:
-            _fail(f"jit_compile: XLA steps are offered for the GRID variants and their "
-                  f"baselines, not {model!r}; use false")
-        elif out["strategy"] != "default":
-            _fail(f"jit_compile: XLA steps run on one device; use strategy 'default', "
-                  f"got {out['strategy']!r}")
-    if not _bad("model_name", "batch_size") and model in HASH_MODELS and out["batch_size"] % 3:
-        _fail(f"batch_size: MiLaN batches hold triplets (anchor, positive, negative); "
-              f"use a multiple of 3, got {out['batch_size']}")
+    if not _bad("model_name"):
+        _validate_model_rules(models.get(model), out, info)
     if info and not _bad("triplet_labels") and out["triplet_labels"] == "scene" and \
             not info.scene_classes:
         _fail("triplet_labels: 'scene' reads the scene class from patch names (UC Merced's "
               f"in DLRSD); dataset {dataset} has none (use 'label')")
-    if not _bad("feature_layer", "model_name") and out["feature_layer"] == "output" and \
-            model not in ("BCE", "GRID-BCE"):
-        _fail(f"feature_layer: 'output' (sigmoid class scores) needs model_name BCE "
-              f"or GRID-BCE, got {model!r}")
     if d["bands"] is not None:
         out["bands"] = _check_str("bands", d["bands"])
         if info and isinstance(out["bands"], str):
@@ -538,6 +529,37 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
             _fail(f"noise_prcnt: {out['noise_prcnt']} is not offered for {dataset} "
                   f"(0 or one of {', '.join(map(str, levels))})")
     return out
+
+
+def _validate_model_rules(model: models.ModelInfo, out: dict[str, Any], info) -> None:
+    """The rules of the model's registry entry: pixel maps, strategies, XLA steps, feature
+    layers, and the model's own checks."""
+    name = model.name
+    if info and model.pixel_maps and not info.has_pixel_maps:
+        usable = _names(lambda m: m.family == "grid" and not m.pixel_maps)
+        _fail(f"model_name: {name!r} needs pixel maps, which {info.name} does not have; "
+              f"use {usable} with dataset {info.name}")
+    if not _bad("strategy") and out["strategy"] not in model.strategies:
+        _fail(f"strategy: {name} runs on one device; use 'default', got {out['strategy']!r}")
+    if out["jit_compile"] is True and not _bad("strategy"):
+        if not model.jit:
+            _fail(f"jit_compile: XLA steps are offered for {_names(lambda m: m.jit)}, "
+                  f"not {name!r}; use false")
+        elif out["strategy"] != "default":
+            _fail(f"jit_compile: XLA steps run on one device; use strategy 'default', "
+                  f"got {out['strategy']!r}")
+    layer = out["feature_layer"]
+    if not _bad("feature_layer") and layer not in model.feature_layers:
+        _fail(f"feature_layer: {layer!r} needs model_name "
+              f"{_names(lambda m: layer in m.feature_layers)}, got {name!r}")
+    for problem in model.problems(out, info):
+        _fail(problem)
+
+
+def _names(rule) -> str:
+    """The registered model names that satisfy ``rule(info)``, as "A, B or C"."""
+    names = [m.name for m in models.MODELS.values() if rule(m)]
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def _validate_milan_keys(d: dict[str, Any], out: dict[str, Any]) -> None:

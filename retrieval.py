@@ -159,6 +159,10 @@ def run_config(path: str, args) -> tuple[str, dict]:
            "dataset": run.dataset, "model_name": run.model_name,
            "train_tfrecord_paths": list(run.train_tfrecord_paths),
            "test_tfrecord_paths": list(run.test_tfrecord_paths), "dumps": dict(run.dumps)}
+    from archives.record_files import all_files
+    # a sharded split's name stands for its shards (archives/record_files.py)
+    cfg["train_tfrecord_paths"] = all_files(cfg["train_tfrecord_paths"])
+    cfg["test_tfrecord_paths"] = all_files(cfg["test_tfrecord_paths"])
     absent = [p for p in [cfg["feature_model_path"], *cfg["train_tfrecord_paths"],
                           *cfg["test_tfrecord_paths"]] if not Path(p).is_file()]
     if absent:
@@ -169,10 +173,11 @@ def run_config(path: str, args) -> tuple[str, dict]:
         # the run's band set and parse options (archives/registry.py), not just its name
         return make_dataset(paths, run.archive, training=False, batch_size=args.batch_size)
 
-    binary = cfg.get("model_name") == "MiLaN"  # sigmoid hash outputs: also store packed codes
-    if args.metric is None and cfg.get("model_name") in ("MiLaN", "OffTheShelf"):
-        metric = "hamming" if binary else "cosine"  # the published systems' distances
-        args = argparse.Namespace(**{**vars(args), "metric": metric})
+    model = run.model  # its entry in models/registry.py
+    binary = model.binary_codes  # sigmoid hash outputs: also store packed codes
+    if args.metric is None and model.retrieval_metric is not None:
+        # the published systems' distances (MiLaN: hamming, off-the-shelf features: cosine)
+        args = argparse.Namespace(**{**vars(args), "metric": model.retrieval_metric})
     out_dir = Path(cfg["dumps"]["features"]) / cfg["run_name"]
     from atomic_files import remove_stale_temps
     for stale in remove_stale_temps(out_dir):

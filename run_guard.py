@@ -70,18 +70,51 @@ def check_record_file(key: str, path: str, dataset: str) -> None:
     raise RunError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
+def record_files(key: str, paths) -> "list[str]":
+    """The record files a config key's paths stand for (archives.record_files: files, globs,
+    a sharded split's name); RunError naming the path that matches nothing."""
+    from archives.record_files import RecordFilesError, resolve
+    from archives.records_meta import RecordsMetaError
+
+    if not paths:
+        return []
+    try:
+        return list(resolve(paths).files)
+    except RecordFilesError as err:
+        raise RunError(f"{err} ({key})") from None
+    except RecordsMetaError as err:
+        raise RunError(str(err)) from None
+
+
 def check_inputs(cfg: Config) -> None:
     """Check every input file of a training run before anything is created or removed."""
     hint = (f" (noise_prcnt {cfg.noise_prcnt} reads train_noise_prcnt{cfg.noise_prcnt}.tfrecord "
             "beside train_tfrecord_paths; make it with the prep script)" if cfg.noise_prcnt else "")
-    for path in cfg.noisy_train_paths:
+    for path in record_files("train_tfrecord_paths", cfg.noisy_train_paths):
         try:
             check_record_file("train_tfrecord_paths", path, cfg.dataset)
         except RunError as err:
             raise RunError(f"{err}{hint if 'not found' in str(err) else ''}") from None
-    for path in cfg.val_tfrecord_paths:
+    check_overlay(cfg)
+    for path in record_files("val_tfrecord_paths", cfg.val_tfrecord_paths):
         check_record_file("val_tfrecord_paths", path, cfg.dataset)
     check_records_meta(cfg)
+
+
+def check_overlay(cfg: Config) -> None:
+    """RunError naming the noise overlay the run reads when it is missing, unreadable or made
+    for other records than the train files."""
+    from archives import overlay as ov
+    from archives.record_files import counts_of, resolve
+
+    res = resolve(cfg.noisy_train_paths)
+    if res.overlay is None:
+        return
+    try:
+        found = ov.load_overlay(res.overlay)
+        ov.check_matches(found, counts_of(res), ov.overlay_digest_for(res.files), res.files)
+    except ov.OverlayError as err:
+        raise RunError(f"{err} (noise_prcnt {cfg.noise_prcnt})") from None
 
 
 def check_records_meta(cfg: Config) -> None:
@@ -89,8 +122,11 @@ def check_records_meta(cfg: Config) -> None:
     the config's dataset or classes; records without it pass."""
     from archives.records_meta import RecordsMetaError, check_against
 
+    from archives.record_files import is_overlay
+
     config = f"the config {cfg.source}" if cfg.source else "the config"
-    paths = [*cfg.noisy_train_paths, *cfg.val_tfrecord_paths, *cfg.test_tfrecord_paths]
+    paths = [p for p in (*cfg.noisy_train_paths, *cfg.val_tfrecord_paths,
+                         *cfg.test_tfrecord_paths) if not is_overlay(p)]
     try:
         check_against(paths, cfg.dataset, cfg.archive.class_names, config)
     except RecordsMetaError as err:
@@ -367,7 +403,9 @@ def find_bad_record_file(paths: Iterable[str], dataset: str) -> tuple[str, str] 
 
     from archives import get_archive
 
-    for path in paths:
+    from archives.record_files import resolve
+
+    for path in resolve(list(paths)).files:
         try:
             for _ in tf.data.TFRecordDataset(str(path)):
                 pass

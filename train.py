@@ -1,4 +1,4 @@
-"""Train a GRID variant or baseline from a JSON config: ``python train.py CONFIG.json [--resume]``.
+"""Train a model from a JSON config: ``python train.py CONFIG.json [--resume]``.
 
 The loop itself lives in ``training.py``; this file only parses the command line.
 ``--set key=value`` (repeatable) overrides a config key, validated like the file's keys; the
@@ -21,6 +21,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
                        help="continue from the run's newest readable checkpoint (even mid-epoch)")
+    start.add_argument("--resume-if-any", action="store_true",
+                       help="as --resume, but start a run without a checkpoint silently "
+                            "(for scripts that re-run a config until it is done)")
     start.add_argument("--overwrite", action="store_true",
                        help="start over a run that already exists: its checkpoints, summaries "
                             "and outputs are set aside and deleted once the new run has "
@@ -59,8 +62,10 @@ def main(argv=None) -> int:
     print(f"run {cfg.run_name} ({cfg.model_name}, backbone {cfg.backbone}, "
           f"strategy {cfg.strategy})")
     try:
-        result = training.train(cfg, resume=args.resume, overwrite=args.overwrite,
-                                 max_epochs=args.max_epochs, show_progress=not args.no_progress)
+        result = training.train(cfg, resume=args.resume or args.resume_if_any,
+                                 overwrite=args.overwrite, max_epochs=args.max_epochs,
+                                 show_progress=not args.no_progress,
+                                 say_if_nothing_to_resume=not args.resume_if_any)
     except (ConfigError, training.RunError, WriteError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,12 +1,14 @@
-"""The training loop behind train.py: GRID variants and baselines from a validated Config.
+"""The one training loop behind train.py, for every model of models/registry.py.
 
-``train(cfg, resume=..., max_epochs=...)`` builds the model under the tf.distribute strategy,
-runs the compiled step from ``models.grid`` over ``archives.pipeline.make_dataset`` batches,
-logs TensorBoard scalars from the step's returned metrics (never inside the compiled step),
-checkpoints every epoch before validating it (and on Ctrl-C, mid-epoch), stops on a non-finite
-loss without saving the bad state, and finally writes ``feature_model.keras`` and the dumped
-config atomically. Inputs are checked (``run_guard``) before any output of an earlier run is
-touched, and an existing run is never replaced without ``overwrite=True``.
+``train(cfg, resume=..., max_epochs=...)`` builds the model (models/base.py is the contract)
+under the tf.distribute strategy, runs its compiled step over its ``batches(epoch)``, logs
+TensorBoard scalars from the step's returned metrics (never inside the compiled step),
+checkpoints every epoch before validating it (and on Ctrl-C, mid-epoch, with the epoch's
+partial sums), stops on a non-finite loss without saving the bad state, and finally writes
+``feature_model.keras`` and the dumped config atomically. Inputs are checked (``run_guard``)
+before any output of an earlier run is touched, and an existing run is never replaced without
+``overwrite=True``. Pieces: ``_set_up`` (guards, model, checkpoint), ``_train_epoch``,
+``_end_epoch`` / ``_report_epoch`` (checkpoint, validation, report), ``_export``.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from tqdm import tqdm
 import run_guard
 from atomic_files import atomic_path, remove_stale_temps, write_json_atomic
 from config import Config, ConfigError
-from models.grid import mean_metrics
+from models.base import mean_metrics
 from run_guard import RunError
 
 MAX_CHECKPOINTS = 3
@@ -51,6 +53,7 @@ class RunResult:
     config_dump_path: Path | None
     model: Any = dataclasses.field(default=None, repr=False)
     optimizer: Any = dataclasses.field(default=None, repr=False)
+    epochs_total: int | None = None  # of a complete run (0: a model with nothing to train)
 
 
 # ---- devices and strategy -----------------------------------------------------------------
@@ -93,10 +96,12 @@ def _worker_role(strategy) -> tuple[bool, str]:
     return chief, f"{task_type}{task_id}"
 
 
-def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
-    """The one optimizer of the run (``optimizer`` key: Adam or SGD) at ``learning_rate``."""
+def make_optimizer(cfg: Config, adam_betas=(0.9, 0.999)) -> keras.optimizers.Optimizer:
+    """The one optimizer of the run (``optimizer`` key: Adam or SGD) at ``learning_rate``;
+    ``adam_betas``: the model's Adam moment decays (``models.base.Model.adam_betas``)."""
     if cfg.optimizer == "Adam":
-        return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+        return keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=adam_betas[0],
+                                     beta_2=adam_betas[1])
     if cfg.optimizer == "SGD":
         return keras.optimizers.SGD(learning_rate=cfg.learning_rate)
     raise ConfigError(f"optimizer: unknown value {cfg.optimizer!r}")
@@ -149,7 +154,7 @@ def _write_scalars(writer, prefix: str, values: Mapping[str, float], step: int) 
                 tf.summary.scalar(f"{prefix}/{key}", value)
 
 
-def save_feature_model(model: keras.Model, path: Path) -> None:
+def _save_feature_model(model: keras.Model, path: Path) -> None:
     """Save the retrieval model as a .keras file under a temporary name, then rename it."""
     with atomic_path(path) as tmp:
         model.save(str(tmp))
@@ -173,13 +178,12 @@ def evaluate(eval_step: Callable, cfg: Config, paths) -> dict[str, float]:
     return mean_metrics(sums, count) if count else {}
 
 
-# ---- the loop -----------------------------------------------------------------------------
+# ---- set-up and guards ------------------------------------------------------------------------
 class _Run:
-    """Model, optimizer, step functions, checkpoint and counters of one run."""
+    """Model, optimizer, steps, checkpoint, counters and the current epoch's sums of one run."""
 
-    def __init__(self, cfg: Config, strategy, resume: bool, log=_print):
+    def __init__(self, cfg: Config, strategy, log=_print):
         import models
-        from models import make_eval as make_eval_step, make_step as make_train_step
 
         self.cfg, self.strategy, self.log = cfg, strategy, log
         self.chief, worker = _worker_role(strategy)
@@ -187,41 +191,59 @@ class _Run:
         keras.utils.set_random_seed(cfg.seed)
         with strategy.scope():
             self.model = models.build_model(cfg)
-            self.optimizer = make_optimizer(cfg)
+            self.optimizer = make_optimizer(cfg, self.model.adam_betas)
             # builds the optimizer over every trainable variable (before any restore)
-            self.train_step = make_train_step(self.model, self.optimizer, cfg,
-                                              strategy=strategy if self.distributed else None)
+            self.train_step = (self.model.make_train_step(
+                self.optimizer, strategy if self.distributed else None)
+                if self.model.epochs else None)
+        self.eval_step = self.model.make_eval_step()
         # run counters live outside the strategy (plain host variables, not mirrored)
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        self.time_s = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="time_s")
+        variable = lambda value, dtype, name: tf.Variable(  # noqa: E731
+            value, dtype=dtype, trainable=False, name=name)
+        self.epoch = variable(0, tf.int64, "epoch")
+        self.step_in_epoch = variable(0, tf.int64, "step_in_epoch")
+        self.time_s = variable(0.0, tf.float64, "time_s")
         # JSON of the last epoch's training means while its validation and report are pending
         # (a checkpoint is written before validation); "" once the epoch is reported
-        self.pending = tf.Variable("", dtype=tf.string, trainable=False, name="pending_report")
+        self.pending = variable("", tf.string, "pending_report")
+        # JSON {"sums", "steps"} of the unfinished epoch at a mid-epoch save; "" otherwise
+        self.partial = variable("", tf.string, "epoch_partial_sums")
         self.checkpoint = tf.train.Checkpoint(
             optimizer=self.optimizer, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
             training_time_s=self.time_s, pending_report=self.pending,
-            **dict(self.model.keras_models),
-            **getattr(self.model, "extra_state", {}))  # e.g. SAT/ELR target memory
-        self.eval_step = make_eval_step(self.model, cfg)
-        ckpt_dir = cfg.checkpoint_dir if self.chief else cfg.checkpoint_dir / f"tmp-{worker}"
-        self.ckpt_dir = ckpt_dir
-        if self.chief:
-            for path in run_guard.remove_checkpoint_temps(ckpt_dir):
-                log(f"removed {path}, left by an interrupted or failed checkpoint write")
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(ckpt_dir),
+            epoch_partial_sums=self.partial, **self.model.checkpointed())
+        self.ckpt_dir = cfg.checkpoint_dir if self.chief else cfg.checkpoint_dir / f"tmp-{worker}"
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.ckpt_dir),
                                                   max_to_keep=MAX_CHECKPOINTS)
         self.last_good: str | None = None
         self.unsaved = False  # True once a step has changed the state since the last save
         self.saved_pending = False  # the newest checkpoint still awaits its epoch's report
+        self.last_save_s = time.perf_counter()
+        self.sums: dict[str, float] = {}  # of the current epoch's logged steps
+        self.steps = 0
+        self.unlogged = None  # the output of a step that ran but is not yet in the sums
+        self.epoch_start_iter: int | None = None
+        self.means: dict[str, float] = {}
+        self.val: dict[str, float] = {}
+        self.reported = False
+        self.n_batches: int | None = None
+        self._clock = (time.perf_counter(), 0.0)
+
+    def restore(self, resume: bool, say_if_none: bool) -> None:
+        """Continue from the newest readable checkpoint (when ``resume``); start the clock."""
         if resume and self.manager.checkpoints:
             self.last_good = run_guard.restore_newest_readable(
-                self.checkpoint, self.manager.checkpoints, log)
+                self.checkpoint, self.manager.checkpoints, self.log)
             self.saved_pending = bool(self.pending.numpy())
-            log(f"resumed from {self.last_good}: epoch {int(self.epoch)} done, "
-                f"{int(self.step_in_epoch)} step(s) into the next")
-        elif resume:
-            log(f"--resume: no checkpoint in {ckpt_dir}; starting afresh")
+            self.log(f"resumed from {self.last_good}: epoch {int(self.epoch)} done, "
+                     f"{int(self.step_in_epoch)} step(s) into the next")
+        elif resume and say_if_none:
+            self.log(f"--resume: no checkpoint in {self.ckpt_dir}; starting afresh")
+        self._clock = (time.perf_counter(), float(self.time_s))
+
+    def elapsed(self) -> float:
+        """Training time of the run: earlier sessions plus this one."""
+        return self._clock[1] + time.perf_counter() - self._clock[0]
 
     def save(self) -> None:
         """Write a checkpoint; a failed write (full disk) leaves no ``ckpt-N_temp`` and raises
@@ -235,39 +257,19 @@ class _Run:
                            f"{self.last_good or '(none)'} is kept") from None
         self.unsaved = False
         self.saved_pending = bool(self.pending.numpy())
+        self.last_save_s = time.perf_counter()
         if not self.chief:  # other workers must take part in saving but keep nothing
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
         else:
             self.last_good = path
 
 
-# --overwrite: the earlier run is set aside, not deleted, until this run checkpoints its first
-# epoch (run_guard.checkpoint_written below); put back if train() raises before (run_guard)
-@run_guard.guards_overwrite
-def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
-          max_epochs: int | None = None, show_progress: bool = True,
-          log: Callable[[str], None] = _print) -> RunResult:
-    """Train (or continue) the run of ``cfg``; at most ``max_epochs`` epochs in this call.
-
-    Every input is checked first. Without ``resume``, a run whose outputs exist is refused
-    (RunError) unless ``overwrite`` is given. Raises TrainingDiverged on a NaN/Inf loss (nothing
-    saved), RunError naming the file for a damaged record file or a failed checkpoint write
-    (after checkpointing what can be), and re-raises KeyboardInterrupt after saving a
-    checkpoint that ``resume=True`` continues from.
-    """
-    from archives.pipeline import make_dataset
-
+def _set_up(cfg: Config, resume: bool, overwrite: bool, say_if_none: bool, log,
+            progress: bool) -> _Run:
+    """Check every input, apply the existing-run rule, clear leftovers, build the run and
+    restore its checkpoint."""
     run_guard.check_inputs(cfg)
     run_guard.check_outputs(cfg)
-    if cfg.model_name in ("MiLaN", "OffTheShelf"):  # single-device models with their own loop
-        if not resume:
-            run_guard.clear_for_fresh_start(cfg, overwrite, log)
-        if cfg.model_name == "MiLaN":  # hashing: milan_training.py
-            import milan_training
-            return milan_training.train(cfg, resume=resume, max_epochs=max_epochs,
-                                        show_progress=show_progress, log=log)
-        import deep_features  # pretrained features, nothing to train
-        return deep_features.export_off_the_shelf(cfg, log=log)
     configure_devices(cfg)
     strategy = make_strategy(cfg.strategy)
     if _worker_role(strategy)[0]:
@@ -277,152 +279,162 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
             run_guard.clear_for_fresh_start(cfg, overwrite, log)
     for path in remove_stale_temps(cfg.weights_dir) + remove_stale_temps(cfg.config_dump_path.parent):
         log(f"removed {path}, left by an interrupted earlier run")
-    run = _Run(cfg, strategy, resume, log)
+    run = _Run(cfg, strategy, log)
+    run.model.prepare(log, progress)  # e.g. MiLaN's feature cache (before the restore)
+    run.restore(resume, say_if_none)
     log(f"strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s)")
+    return run
+
+
+# --overwrite: the earlier run is set aside, not deleted, until this run checkpoints its first
+# epoch (run_guard.checkpoint_written in _end_epoch); put back if train() raises before (run_guard)
+@run_guard.guards_overwrite
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
+          max_epochs: int | None = None, show_progress: bool = True,
+          log: Callable[[str], None] = _print, say_if_nothing_to_resume: bool = True
+          ) -> RunResult:
+    """Train (or continue) the run of ``cfg``; at most ``max_epochs`` epochs in this call.
+
+    Every input is checked first. Without ``resume``, a run whose outputs exist is refused
+    (RunError) unless ``overwrite`` is given; with it, a run without a checkpoint starts afresh
+    (saying so unless ``say_if_nothing_to_resume`` is false: studies and the demo resume
+    whatever is there). Raises TrainingDiverged on a NaN/Inf loss (nothing saved), RunError
+    naming the file for a damaged record file or a failed checkpoint write (after
+    checkpointing what can be), and re-raises KeyboardInterrupt after saving a checkpoint that
+    ``resume=True`` continues from.
+    """
+    run = _set_up(cfg, resume, overwrite, say_if_nothing_to_resume, log, show_progress)
     writer = (tf.summary.create_file_writer(str(cfg.summaries_dir)) if run.chief
               else tf.summary.create_noop_writer())
-
-    start_epoch = int(run.epoch)
-    end_epoch = cfg.nb_epoch if max_epochs is None else min(cfg.nb_epoch, start_epoch + max_epochs)
-    if start_epoch >= cfg.nb_epoch:
-        log(f"run already complete ({start_epoch}/{cfg.nb_epoch} epochs); re-saving its outputs")
-    n_batches: int | None = None
-    epoch_means: dict[str, float] = {}
-    val: dict[str, float] = {}
-    reported = False
-    epoch_start_iter: int | None = None
-    session_start = time.perf_counter()
-    time_at_start = float(run.time_s)
-
-    def elapsed() -> float:
-        return time_at_start + time.perf_counter() - session_start
-
+    total = run.model.epochs
+    start = int(run.epoch)
+    end = total if max_epochs is None else min(total, start + max_epochs)
+    if start >= total and run.last_good:
+        log(f"run already complete ({start}/{total} epochs); re-saving its outputs")
     try:
         pending = run.pending.numpy().decode()
         if pending:  # stopped after its checkpoint, before validation/report: finish that epoch
-            epoch_means = {k: float(v) for k, v in json.loads(pending).items()}
-            log(f"epoch {start_epoch} was checkpointed but not yet validated: validating it now")
-            val = _report_epoch(run, writer, epoch_means, start_epoch, elapsed)
-            reported = True
-        for epoch in range(start_epoch, end_epoch):
-            skip = int(run.step_in_epoch)
-            ds = make_dataset(list(cfg.noisy_train_paths), cfg.archive, training=True,
-                              batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                              drop_remainder=strategy.num_replicas_in_sync > 1)
-            if skip:
-                ds = ds.skip(skip)
-            if run.distributed:
-                ds = strategy.experimental_distribute_dataset(ds)
-            epoch_start_iter = _iterations(run.optimizer) - skip
-            sums: dict[str, float] = {}
-            steps = 0
-            bar = tqdm(total=n_batches, initial=skip, desc=f"epoch {epoch + 1}/{cfg.nb_epoch}",
-                       disable=not show_progress, leave=False, dynamic_ncols=True)
-            try:
-                with bar:
-                    for batch in ds:
-                        run.unsaved = True  # from here on the state differs from the last save
-                        values = _to_numbers(strategy, run.train_step(batch))
-                        steps += 1
-                        # each step applies the optimizer once: its counter, without another read
-                        step = epoch_start_iter + skip + steps
-                        bad = _first_non_finite(values)
-                        if bad is not None:
-                            last = run.last_good or "none (no epoch finished)"
-                            raise TrainingDiverged(
-                                f"non-finite {bad} = {values[bad]} at epoch {epoch + 1}, step "
-                                f"{skip + steps} of the epoch (global step {step}); "
-                                f"stopped without saving. Last good checkpoint: {last}")
-                        _write_scalars(writer, "train", values, step)
-                        for key, value in values.items():
-                            sums[key] = sums.get(key, 0.0) + value
-                        if show_progress:
-                            bar.update(1)
-                            bar.set_postfix(loss=f"{sums.get('loss', 0.0) / steps:.4f}")
-            except tf.errors.OpError as err:
-                named = run_guard.records_error(cfg.noisy_train_paths, cfg.dataset, err,
-                                                "training stopped")
-                if named is err:
-                    raise
-                _save_on_interrupt(run, epoch_start_iter, elapsed(), "stopped by a damaged file")
-                raise named from None
-            n_batches = steps + skip
-            epoch_means = mean_metrics(sums, steps) if steps else {}
-            run.epoch.assign(epoch + 1)
-            run.step_in_epoch.assign(0)
-            epoch_start_iter = None
-            # checkpoint first: a failing or interrupted validation never costs the epoch
-            run.pending.assign(json.dumps(epoch_means))
-            run.time_s.assign(elapsed())
-            run.save()
-            run_guard.checkpoint_written()  # --overwrite: the set-aside earlier run is deleted now
-            val = _report_epoch(run, writer, epoch_means, epoch + 1, elapsed)
-            reported = True
+            run.means = {k: float(v) for k, v in json.loads(pending).items()}
+            log(f"epoch {start} was checkpointed but not yet validated: validating it now")
+            _report_epoch(run, writer, start)
+        for epoch in range(start, end):
+            _train_epoch(run, writer, epoch, show_progress)
+            _end_epoch(run, writer, epoch, last=epoch + 1 == end)
         if run.saved_pending:  # this call ends here: record that its last epoch is reported
             run.save()
     except KeyboardInterrupt:
-        _save_on_interrupt(run, epoch_start_iter, elapsed())
+        _save_on_interrupt(run)
         writer.flush()
         raise
     finally:
         writer.close()
-
-    done = int(run.epoch)
-    completed = done >= cfg.nb_epoch
-    feature_path = dump_path = None
-    if completed and run.chief:
-        feature_path = cfg.feature_model_path
-        from deep_features import retrieval_model
-        save_feature_model(retrieval_model(run.model, cfg), feature_path)
-        dump_path = cfg.config_dump_path
-        if not reported:  # nothing trained or validated in this call: keep the earlier metrics
-            final = _previous_final_metrics(dump_path)
-        else:
-            final = {**epoch_means, **{f"val_{k}": v for k, v in val.items()}}
-        write_json_atomic(dump_path, cfg.dump_dict(training_time_s=round(float(run.time_s), 3),
-                                                   final_metrics=final))
-    return RunResult(cfg, done, completed, float(run.time_s), epoch_means, val,
-                     feature_path, dump_path, run.model, run.optimizer)
+    return _export(run)
 
 
-def _report_epoch(run: _Run, writer, epoch_means: Mapping[str, float], epoch: int,
-                  elapsed: Callable[[], float]) -> dict[str, float]:
-    """Log epoch ``epoch``'s training means, validate, log and print; clears ``run.pending``.
-    A damaged validation file raises RunError naming it (the epoch's checkpoint is saved)."""
-    cfg = run.cfg
-    step = _iterations(run.optimizer)
+# ---- one epoch ----------------------------------------------------------------------------------
+def _train_epoch(run: _Run, writer, epoch: int, show_progress: bool) -> None:
+    """Run the steps of ``epoch`` (those after ``step_in_epoch`` when resumed mid-epoch);
+    its sums and step count accumulate in ``run`` (restored from a mid-epoch checkpoint)."""
+    cfg, skip = run.cfg, int(run.step_in_epoch)
+    partial = json.loads(run.partial.numpy().decode() or "{}") if skip else {}
+    run.sums, run.steps = dict(partial.get("sums", {})), int(partial.get("steps", 0))
+    ds = run.model.batches(epoch, drop_remainder=run.strategy.num_replicas_in_sync > 1)
+    if skip:
+        ds = ds.skip(skip)
+    if run.distributed:
+        ds = run.strategy.experimental_distribute_dataset(ds)
+    run.epoch_start_iter = _iterations(run.optimizer) - skip
+    done = skip
+    bar = tqdm(total=run.n_batches, initial=skip, desc=f"epoch {epoch + 1}/{cfg.nb_epoch}",
+               disable=not show_progress, leave=False, dynamic_ncols=True)
     try:
-        val = evaluate(run.eval_step, cfg, cfg.val_tfrecord_paths)
+        with bar:
+            for batch in ds:
+                run.unsaved = True  # from here on the state differs from the last save
+                run.unlogged = run.train_step(batch)
+                values = _to_numbers(run.strategy, run.unlogged)
+                done += 1
+                # each step applies the optimizer once: its counter, without another read
+                step = run.epoch_start_iter + done
+                bad = _first_non_finite(values)
+                if bad is not None:
+                    raise TrainingDiverged(
+                        f"non-finite {bad} = {values[bad]} at epoch {epoch + 1}, step {done} of "
+                        f"the epoch (global step {step}); stopped without saving. Last good "
+                        f"checkpoint: {run.last_good or 'none (no epoch finished)'}")
+                _write_scalars(writer, "train", values, step)
+                _add(run, values)
+                if show_progress:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{run.sums.get('loss', 0.0) / run.steps:.4f}")
     except tf.errors.OpError as err:
-        named = run_guard.records_error(
-            cfg.val_tfrecord_paths, cfg.dataset, err,
-            f"epoch {epoch} is checkpointed ({run.last_good}); replace the file and continue "
-            "with --resume, which validates it")
+        named = run_guard.records_error(cfg.noisy_train_paths, cfg.dataset, err,
+                                        "training stopped")
         if named is err:
             raise
+        _save_on_interrupt(run, "stopped by a damaged file")
         raise named from None
+    run.n_batches = done
+
+
+def _add(run: _Run, values: Mapping[str, float]) -> None:
+    """Add a logged step's values to the epoch's sums."""
+    for key, value in values.items():
+        run.sums[key] = run.sums.get(key, 0.0) + value
+    run.steps += 1
+    run.unlogged = None
+
+
+# ---- end of an epoch: checkpoint, validation, report ------------------------------------------
+def _end_epoch(run: _Run, writer, epoch: int, last: bool) -> None:
+    """Count the epoch done, checkpoint it (before validating: a failing or interrupted
+    validation never costs the epoch; a model may space its checkpoints), then report it."""
+    run.means = mean_metrics(run.sums, run.steps) if run.steps else {}
+    run.epoch.assign(epoch + 1)
+    run.step_in_epoch.assign(0)
+    run.partial.assign("")
+    run.epoch_start_iter = None
+    run.time_s.assign(run.elapsed())
+    if last or time.perf_counter() - run.last_save_s >= run.model.checkpoint_every_s:
+        run.pending.assign(json.dumps(run.means))
+        run.save()
+        run_guard.checkpoint_written()  # --overwrite: the set-aside earlier run is deleted now
+    _report_epoch(run, writer, epoch + 1)
+
+
+def _report_epoch(run: _Run, writer, epoch: int) -> None:
+    """Log epoch ``epoch``'s training means (``run.means``), validate, log and print; sets
+    ``run.val`` and clears ``run.pending``. A damaged validation file raises RunError naming it
+    (the epoch's checkpoint is saved)."""
+    cfg = run.cfg
+    step = _iterations(run.optimizer)
+    val = {}
+    if run.eval_step is not None:
+        try:
+            val = evaluate(run.eval_step, cfg, cfg.val_tfrecord_paths)
+        except tf.errors.OpError as err:
+            named = run_guard.records_error(
+                cfg.val_tfrecord_paths, cfg.dataset, err,
+                f"epoch {epoch} is checkpointed ({run.last_good}); replace the file and "
+                "continue with --resume, which validates it")
+            if named is err:
+                raise
+            raise named from None
     # both written once validation succeeded: a resumed epoch never logs them twice
-    _write_scalars(writer, "epoch_train", epoch_means, step)
+    _write_scalars(writer, "epoch_train", run.means, step)
     _write_scalars(writer, "val", val, step)
     writer.flush()
     run.pending.assign("")
-    msg = f"epoch {epoch}/{cfg.nb_epoch}: loss {epoch_means.get('loss', math.nan):.4f}"
+    run.val, run.reported = val, True
+    msg = f"epoch {epoch}/{cfg.nb_epoch}: loss {run.means.get('loss', math.nan):.4f}"
     if val:
         msg += f", val loss {val.get('loss', math.nan):.4f}"
-    run.log(f"{msg} ({elapsed():.1f} s total)")
-    return val
+    run.log(f"{msg} ({run.elapsed():.1f} s total)")
 
 
-def _previous_final_metrics(path: Path) -> dict[str, float]:
-    try:
-        return dict(json.loads(path.read_text()).get("final_metrics") or {})
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_on_interrupt(run: _Run, epoch_start_iter: int | None, total_s: float,
-                       why: str = "interrupted") -> None:
-    """Checkpoint the current (finite) state so that resume continues from it (mid-epoch too)."""
+def _save_on_interrupt(run: _Run, why: str = "interrupted") -> None:
+    """Checkpoint the current (finite) state so that resume continues from it (mid-epoch too,
+    with the epoch's partial sums)."""
     if not run.unsaved and run.last_good and run.saved_pending == bool(run.pending.numpy()):
         where = ("its validation and report are done by --resume"
                  if run.pending.numpy() else "continue with --resume")
@@ -432,18 +444,52 @@ def _save_on_interrupt(run: _Run, epoch_start_iter: int | None, total_s: float,
     if not _weights_finite(run.model.trainable_variables):
         run.log(f"{why}: weights are not finite; kept the last good checkpoint")
         return
-    if epoch_start_iter is not None:
-        run.step_in_epoch.assign(_iterations(run.optimizer) - epoch_start_iter)
-    run.time_s.assign(total_s)
+    if run.epoch_start_iter is not None:  # mid-epoch
+        if run.unlogged is not None:  # the step ran (the weights hold it): count it too
+            values = _to_numbers(run.strategy, run.unlogged)
+            if _first_non_finite(values) is None:
+                _add(run, values)
+        run.step_in_epoch.assign(_iterations(run.optimizer) - run.epoch_start_iter)
+        run.partial.assign(json.dumps({"sums": run.sums, "steps": run.steps}))
+    run.time_s.assign(run.elapsed())
     run.save()
     run.log(f"{why}: saved {run.last_good} (epoch {int(run.epoch)} done, "
             f"{int(run.step_in_epoch)} step(s) into the next); continue with --resume")
 
 
+# ---- export -------------------------------------------------------------------------------------
+def _export(run: _Run) -> RunResult:
+    """A complete run (chief): save the retrieval model and the dumped config atomically."""
+    cfg = run.cfg
+    done, total = int(run.epoch), run.model.epochs
+    completed = done >= total
+    feature_path = dump_path = None
+    if completed and run.chief:
+        feature_path = cfg.feature_model_path
+        _save_feature_model(run.model.retrieval_model(), feature_path)
+        dump_path = cfg.config_dump_path
+        if not run.reported:  # nothing trained or validated in this call: keep earlier metrics
+            final = _previous_final_metrics(dump_path)
+        else:
+            final = {**run.means, **{f"val_{k}": v for k, v in run.val.items()}}
+        write_json_atomic(dump_path, cfg.dump_dict(training_time_s=round(float(run.time_s), 3),
+                                                   final_metrics=final))
+    return RunResult(cfg, done, completed, float(run.time_s), run.means, run.val,
+                     feature_path, dump_path, run.model, run.optimizer, total)
+
+
+def _previous_final_metrics(path: Path) -> dict[str, float]:
+    try:
+        return dict(json.loads(path.read_text()).get("final_metrics") or {})
+    except (OSError, ValueError):
+        return {}
+
+
 def summary_lines(result: RunResult) -> list[str]:
     """Human-readable end-of-run summary."""
     cfg = result.config
-    lines = [f"run {cfg.run_name}: {result.epochs_done}/{cfg.nb_epoch} epochs, "
+    total = cfg.nb_epoch if result.epochs_total is None else result.epochs_total
+    lines = [f"run {cfg.run_name}: {result.epochs_done}/{total} epochs, "
              f"training time {result.training_time_s:.1f} s"]
     if result.train_metrics:
         lines.append("  last epoch (train): " + ", ".join(

@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from bigearthnet_common import constants as _ben_constants  # plain lists; no TF, no GDAL
 
 
+def relation_size(nb_class: int) -> int:
+    """Size of the RRL target: the upper triangle of a C x C matrix, diagonal included."""
+    return nb_class * (nb_class + 1) // 2
+
+
 @dataclass(frozen=True)
 class BandSet:
     """An alternative set of input channels of an archive (e.g. S1, S2 or both)."""
@@ -70,8 +75,7 @@ class ArchiveInfo:
 
     @property
     def out_size(self) -> int:
-        """Size of the RRL target: the upper triangle of a C x C matrix, diagonal included."""
-        return self.nb_class * (self.nb_class + 1) // 2
+        return relation_size(self.nb_class)
 
     def load(self):
         """The archive's module (imported on first use; it may import TensorFlow)."""
@@ -161,7 +165,7 @@ DLRSD = register(ArchiveInfo(
 
 # ---------------------------------------------------------------- BigEarthNet-S2 v1.0
 
-BEN_BAND_STATS = {  # per-band mean / std of raw reflectance (SPEC section 1)
+BEN_BAND_STATS = {  # per-band mean / std of raw reflectance (the published values)
     "mean": {"B01": 340.76769064, "B02": 429.9430203, "B03": 614.21682446,
              "B04": 590.23569706, "B05": 950.68368468, "B06": 1792.46290469,
              "B07": 2075.46795189, "B08": 2218.94553375, "B8A": 2266.46036911,
@@ -193,7 +197,7 @@ BEN = register(ArchiveInfo(
 
 # ---------------------------------------------------------------- BigEarthNet v2.0 (reBEN)
 
-BENV2_BAND_STATS = {  # v2 train split (ConfigILM, 20 m bands resized to 120 px bicubic), SPEC 7
+BENV2_BAND_STATS = {  # v2 train split (ConfigILM, 20 m bands resized to 120 px bicubic)
     "mean": {"B01": 360.64, "B02": 438.37, "B03": 614.06, "B04": 588.41, "B05": 942.75,
              "B06": 1769.85, "B07": 2049.48, "B08": 2193.29, "B8A": 2235.49, "B09": 2241.09,
              "B11": 1568.21, "B12": 997.72, "VV": -12.64, "VH": -19.35},

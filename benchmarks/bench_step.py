@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from models import build_model, make_train_step  # noqa: E402
+from models import build_model, registry  # noqa: E402
 
 
 def make_cfg(model, backbone, size, nb_class, jit=False):
@@ -86,7 +86,8 @@ def compare(steps_by_name, batch, steps, repeat):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="GRID-BCE", choices=["GRID-BCE", "GRID-PCE", "GRID-RRL"])
+    ap.add_argument("--model", default="GRID-BCE",
+                    choices=[n for n, m in registry.MODELS.items() if m.is_grid])
     ap.add_argument("--backbone", default="small_cnn")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--size", type=int, default=64)
@@ -105,7 +106,7 @@ def main():
         cfg = make_cfg(name, a.backbone, a.size, a.classes, jit)
         keras.utils.set_random_seed(0)
         model = build_model(cfg)
-        compiled[name + " XLA" * jit] = make_train_step(model, keras.optimizers.Adam(1e-3), cfg)
+        compiled[name + " XLA" * jit] = model.make_train_step(keras.optimizers.Adam(1e-3))
         if jit:
             continue
         if name == a.model and not a.no_eager:

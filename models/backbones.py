@@ -6,7 +6,7 @@ import warnings
 import keras
 from keras import layers
 
-from config import BACKBONES  # the names a config may give; every one is built here
+from models.registry import BACKBONES  # the names a config may give; every one is built here
 from config import ConfigError, weights_file_problem
 
 _APPS = {

@@ -1,4 +1,4 @@
-"""GRID model (SPEC section 3) and its compiled training / evaluation steps (SPEC section 4).
+"""GRID model and its compiled training / evaluation steps (docs/training.md).
 
 Shapes: images (B, H, W, Cin) float32 normalised; ``feature`` (B, F) pooled (BCE, RRL) or
 (B, h, w, F) map (PCE); latent mu / std / z (B, E) or (B, h, w, E).
@@ -13,19 +13,10 @@ from losses.selection import select_noisy, selection_counts
 from losses.vae import kl_per_sample, recon_per_sample
 from models import bce, pce, rrl
 from models.backbones import build_backbone
-from models.config import ModelConfig
+from models.base import Model, compile_step
 
 VARIANTS = {"BCE": bce, "PCE": pce, "RRL": rrl}
 LOSS_KEYS = ("dis_loss", "gen_loss", "recon_loss", "kl_loss", "hybrid_loss", "loss")
-
-
-def _variant_name(model_name):
-    name = str(model_name).upper()
-    base = name[5:] if name.startswith("GRID-") else name
-    if base not in VARIANTS:
-        raise ValueError(f"unknown model_name {model_name!r}; expected GRID-BCE, GRID-PCE, "
-                         "GRID-RRL, BCE, PCE or RRL")
-    return base, name.startswith("GRID-")
 
 
 def _dense_or_conv(units, pooled, activation, name):
@@ -34,7 +25,7 @@ def _dense_or_conv(units, pooled, activation, name):
     return layers.Conv2D(units, 1, activation=activation, name=name)
 
 
-class GridModel:
+class GridModel(Model):
     """Backbone + discriminative head, and for GRID a VAE branch with a generative head.
 
     Attributes: ``backbone`` (image -> feature map), ``feature_model`` (plain keras.Model,
@@ -47,9 +38,11 @@ class GridModel:
     def __init__(self, cfg):
         """``cfg``: a :class:`models.config.ModelConfig`, or a run Config (its model part is
         taken)."""
-        cfg = ModelConfig.from_config(cfg)
-        self.cfg = cfg
-        self.variant_name, self.is_grid = _variant_name(cfg.model_name)
+        super().__init__(cfg)
+        cfg = self.cfg
+        self.variant_name, self.is_grid = cfg.task, cfg.is_grid
+        if self.variant_name not in VARIANTS:
+            raise ValueError(f"model_name {cfg.model_name!r} is not a GRID variant or baseline")
         self.variant = VARIANTS[self.variant_name]
         self.pooled = self.variant.POOLED
         self.seed = cfg.seed
@@ -129,6 +122,22 @@ class GridModel:
             res["noisy"] = select_noisy(res["dis"], res["gen"], self.cfg.noisy_sel_prcnt)
         return res
 
+    def make_train_step(self, optimizer, strategy=None):
+        return make_train_step(self, optimizer, strategy)
+
+    def make_eval_step(self, strategy=None):
+        return make_eval_step(self, strategy)
+
+    def retrieval_model(self) -> keras.Model:
+        """Pooled feature, or for ``feature_layer`` "output" image -> sigmoid(discriminative
+        head) (B, nb_class): the class scores of the multi-label head."""
+        if self.cfg.feature_layer != "output":
+            return self.feature_model
+        image = keras.Input(shape=tuple(self.cfg.input_shape), name="image")
+        logits = self.dis_head(self.feature_model(image))
+        return keras.Model(image, keras.layers.Activation("sigmoid", name="scores")(logits),
+                           name="output_feature_model")
+
 
 def _objectives(model, res, global_b, kl_weight):
     """Scalar objectives (summed per replica, divided by the global batch size)."""
@@ -165,14 +174,10 @@ def _metrics(model, obj, res, batch):
     return m
 
 
-# step outputs: selected and corrupted, selected, corrupted (summed over steps by mean_metrics)
-SELECTION_COUNTS = ("_tp", "_nsel", "_ncorr")
-
-
-def _finish(metrics):
+def finish(metrics):
     """Add the step's selection precision (0 when nothing selected) and recall (0 when no
     sample is corrupted); the counts stay in the output (keys starting with "_") so that many
-    steps can be pooled by ``mean_metrics``."""
+    steps can be pooled by ``models.base.mean_metrics``."""
     out = dict(metrics)
     if "_tp" in metrics:
         out["sel_precision"] = tf.math.divide_no_nan(metrics["_tp"], metrics["_nsel"])
@@ -180,33 +185,20 @@ def _finish(metrics):
     return out
 
 
-def mean_metrics(sums, weight) -> dict:
-    """Metrics of many steps from the sums of their outputs: losses are ``sums[k] / weight``;
-    selection precision and recall are pooled from the summed counts (sum of selected and
-    corrupted / sum of selected, / sum of corrupted). A mean of per-step ratios would count a
-    step that selects nothing (a short last batch) as precision 0."""
-    out = {k: v / weight for k, v in sums.items() if not k.startswith("_")}
-    if "_tp" in sums:
-        tp, nsel, ncorr = (float(sums[k]) for k in SELECTION_COUNTS)
-        out["sel_precision"] = tp / nsel if nsel else 0.0
-        out["sel_recall"] = tp / ncorr if ncorr else 0.0
-    return out
-
-
 def _distribute(fn, strategy):
     """Wrap a replica function: run per replica and SUM-reduce the metric dict."""
     if strategy is None:
-        return lambda batch: _finish(fn(batch))
+        return lambda batch: finish(fn(batch))
 
     def run(batch):
         per_replica = strategy.run(fn, args=(batch,))
         reduced = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                    for k, v in per_replica.items()}
-        return _finish(reduced)
+        return finish(reduced)
     return run
 
 
-def make_train_step(model, optimizer, cfg, strategy=None):
+def make_train_step(model, optimizer, strategy=None):
     """Compiled training step: callable(batch dict) -> dict of scalar tensors.
 
     GRID: mean(dis) -> discriminative head; mean(gen) + recon + kl_weight * KL -> generative
@@ -216,7 +208,7 @@ def make_train_step(model, optimizer, cfg, strategy=None):
     (batch = a distributed batch), losses are divided by the global batch size and gradients
     are summed over replicas by the optimizer; metrics are reduced.
     """
-    kl_weight = float(getattr(cfg, "kl_weight", 1.0))
+    kl_weight = float(model.cfg.kl_weight)
     g = model.groups
     if not optimizer.built:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -247,33 +239,33 @@ def make_train_step(model, optimizer, cfg, strategy=None):
         shape = tf.stack([tf.shape(batch["image"])[0], *model.z_shape])
         return model.draw_eps(shape, model.noise_seed(optimizer.iterations))
 
-    return _compile(_distribute(replica_step, strategy), cfg,
+    return _compile(_distribute(replica_step, strategy), model.cfg.jit_compile,
                     draw_eps if model.is_grid else None)
 
 
-def _compile(fn, cfg, draw_eps=None):
-    """``tf.function(fn)``; with the config's ``jit_compile`` an XLA-compiled ``fn`` inside a
-    plain tf.function that drops the batch's string tensors (patch names: XLA has no string
-    type, and no step reads them) and adds ``_eps`` from ``draw_eps(batch)`` when given."""
-    if not getattr(cfg, "jit_compile", False):
-        return tf.function(fn)
-    compiled = tf.function(fn, jit_compile=True)
+def _compile(fn, jit_compile, draw_eps=None):
+    """``fn`` as a compiled step; with ``jit_compile`` an XLA-compiled ``fn`` inside a
+    plain step that drops the batch's string tensors (patch names: XLA has no string type, and
+    no step reads them) and adds ``_eps`` from ``draw_eps(batch)`` when given."""
+    if not jit_compile:
+        return compile_step(fn)
+    compiled = compile_step(fn, jit_compile=True)
 
     def outer(batch):
         batch = {k: v for k, v in batch.items() if v.dtype != tf.string}
         if draw_eps is not None:
             batch["_eps"] = draw_eps(batch)
         return compiled(batch)
-    return tf.function(outer)
+    return compile_step(outer)
 
 
-def make_eval_step(model, cfg, strategy=None):
+def make_eval_step(model, strategy=None):
     """Compiled evaluation step (training=False, z = mu): callable(batch) -> same scalars."""
-    kl_weight = float(getattr(cfg, "kl_weight", 1.0))
+    kl_weight = float(model.cfg.kl_weight)
 
     def replica_step(batch):
         _, global_b = _global_batch(batch)
         res = model.per_sample_losses(batch, training=False, seed=None)
         return _metrics(model, _objectives(model, res, global_b, kl_weight), res, batch)
 
-    return _compile(_distribute(replica_step, strategy), cfg)
+    return _compile(_distribute(replica_step, strategy), model.cfg.jit_compile)

@@ -18,14 +18,15 @@ from losses import robust as R
 from losses.selection import selection_counts
 from losses.task import sigmoid_ce_per_sample
 from models import grid
-
-ROBUST_MODELS = ("SAT", "ELR", "JoCoR")
+from models.base import Model, compile_step
 
 
 def count_records(paths) -> int:
     """Number of records in the TFRecord files ``paths`` (read once, at model build; for a
     BigEarthNet-size file this is one pass over its bytes)."""
-    return int(sum(1 for _ in tf.data.TFRecordDataset(list(paths))))
+    from archives.record_files import total_records
+
+    return total_records(list(paths))  # a noise overlay in ``paths`` is not counted
 
 
 def schedule(cfg) -> dict:
@@ -35,77 +36,90 @@ def schedule(cfg) -> dict:
             "jocor_tau": cfg.noisy_sel_prcnt / 100.0}
 
 
-class RobustModel:
-    """The BCE network (twice for JoCoR) plus, for SAT and ELR, the target memory."""
+class RobustModel(Model):
+    """The BCE network and the schedule; a subclass defines the method's ``loss``."""
 
     is_grid = False
 
     def __init__(self, cfg, n_train: int | None = None):
-        from config import ConfigError
-
-        if cfg.model_name not in ROBUST_MODELS:
-            raise ConfigError(f"model_name: {cfg.model_name!r} is not one of {ROBUST_MODELS}")
-        if cfg.strategy != "default":
-            raise ConfigError(f"strategy: {cfg.model_name} runs with the default strategy only, "
-                              f"got {cfg.strategy!r}")
-        self.cfg, self.method = cfg, cfg.model_name
-        self.base_cfg = cfg.replace(model_name="BCE")
-        self.net = grid.GridModel(self.base_cfg)
+        """``n_train``: training records (default: counted in ``cfg.noisy_train_paths``)."""
+        super().__init__(cfg)
+        self.method = self.cfg.model_name
+        self.net = grid.GridModel(self.cfg.replace(model_name="BCE"))
         self.feature_model = self.net.feature_model
         self.keras_models = dict(self.net.keras_models)
         self.trainable_variables = list(self.net.trainable_variables)
-        self.peer = None
-        if self.method == "JoCoR":
-            self.peer = grid.GridModel(self.base_cfg)
-            self.keras_models.update(peer_backbone=self.peer.backbone,
-                                     peer_discriminative_head=self.peer.dis_head)
-            self.trainable_variables += list(self.peer.trainable_variables)
         self.groups = {"backbone": list(self.net.groups["backbone"]),
                        "discriminative": list(self.net.groups["discriminative"]),
                        "generative": []}
-        self.n_train = count_records(cfg.noisy_train_paths) if n_train is None else int(n_train)
-        self.steps_per_epoch = max(1, math.ceil(self.n_train / cfg.batch_size))
-        self.schedule = schedule(cfg)
-        self.extra_state = {}
-        if self.method in ("SAT", "ELR"):
-            self.memory = tf.Variable(tf.zeros((self.n_train, cfg.nb_class), tf.float32),
-                                      trainable=False, name="target_memory")
-            self.extra_state = {"target_memory": self.memory}
+        self.n_train = (count_records(self.cfg.noisy_train_paths) if n_train is None
+                        else int(n_train))
+        self.steps_per_epoch = max(1, math.ceil(self.n_train / self.cfg.batch_size))
+        self.schedule = schedule(self.cfg)
 
-    def make_train_step(self, optimizer, cfg, strategy=None):
-        return make_train_step(self, optimizer, cfg, strategy)
+    def loss(self, batch, epoch, labels, logits, bce):
+        """(scalar loss, rows to store in the memory or None, keep mask or None)."""
+        raise NotImplementedError
 
-    def make_eval_step(self, cfg, strategy=None):
-        return grid.make_eval_step(self.net, self.base_cfg, strategy)
+    def make_train_step(self, optimizer, strategy=None):
+        return make_train_step(self, optimizer, strategy)
+
+    def make_eval_step(self, strategy=None):
+        return self.net.make_eval_step(strategy)
 
 
-def _losses(model, batch, epoch):
-    """(scalar loss, rows to store in the memory or None, keep mask or None, mean BCE)."""
-    y = tf.cast(batch["noisy_label"], tf.float32)
-    logits = model.net.forward(batch["image"], training=True)["dis"]
-    bce = sigmoid_ce_per_sample(y, logits)
-    if model.method == "SAT":
-        start = model.schedule["sat_start_epoch"]
-        old = tf.gather(model.memory, batch["sample_index"])
-        old = tf.where(epoch == start, y, old)  # targets start from the labels at E_s
+class _MemoryModel(RobustModel):
+    """SAT and ELR: a per-sample target memory (N, C), checkpointed with the run."""
+
+    def __init__(self, cfg, n_train: int | None = None):
+        super().__init__(cfg, n_train)
+        self.memory = tf.Variable(tf.zeros((self.n_train, self.cfg.nb_class), tf.float32),
+                                  trainable=False, name="target_memory")
+
+    def extra_state(self) -> dict:
+        return {"target_memory": self.memory}
+
+
+class SATModel(_MemoryModel):
+    def loss(self, batch, epoch, labels, logits, bce):
+        start = self.schedule["sat_start_epoch"]
+        old = tf.gather(self.memory, batch["sample_index"])
+        old = tf.where(epoch == start, labels, old)  # targets start from the labels at E_s
         targets = R.moving_targets(old, tf.sigmoid(logits), R.SAT_MOMENTUM)
         loss_i, w_i = R.sat_loss_per_sample(targets, logits)
         active = epoch >= start
         loss = tf.where(active, tf.math.divide_no_nan(tf.reduce_sum(loss_i), tf.reduce_sum(w_i)),
                         tf.reduce_mean(bce))
-        return loss, tf.where(active, targets, old), None, bce
-    if model.method == "ELR":
-        old = tf.gather(model.memory, batch["sample_index"])
+        return loss, tf.where(active, targets, old), None
+
+
+class ELRModel(_MemoryModel):
+    def loss(self, batch, epoch, labels, logits, bce):
+        old = tf.gather(self.memory, batch["sample_index"])
         targets = R.moving_targets(old, tf.sigmoid(logits), R.ELR_BETA)
-        return tf.reduce_mean(R.elr_loss_per_sample(y, targets, logits)), targets, None, bce
-    logits2 = model.peer.forward(batch["image"], training=True)["dis"]
-    joint = R.jocor_loss_per_sample(y, logits, logits2)
-    rate = R.forget_rate(epoch, model.schedule["jocor_tau"], model.schedule["jocor_ramp_epochs"])
-    keep = R.small_loss_mask(joint, rate)
-    return tf.reduce_sum(joint * keep) / tf.reduce_sum(keep), None, keep, bce
+        return tf.reduce_mean(R.elr_loss_per_sample(labels, targets, logits)), targets, None
 
 
-def make_train_step(model, optimizer, cfg, strategy=None):
+class JoCoRModel(RobustModel):
+    """Two networks trained together; the first one's feature is the retrieval feature."""
+
+    def __init__(self, cfg, n_train: int | None = None):
+        super().__init__(cfg, n_train)
+        self.peer = grid.GridModel(self.net.cfg)
+        self.keras_models.update(peer_backbone=self.peer.backbone,
+                                 peer_discriminative_head=self.peer.dis_head)
+        self.trainable_variables += list(self.peer.trainable_variables)
+
+    def loss(self, batch, epoch, labels, logits, bce):
+        logits2 = self.peer.forward(batch["image"], training=True)["dis"]
+        joint = R.jocor_loss_per_sample(labels, logits, logits2)
+        rate = R.forget_rate(epoch, self.schedule["jocor_tau"],
+                             self.schedule["jocor_ramp_epochs"])
+        keep = R.small_loss_mask(joint, rate)
+        return tf.reduce_sum(joint * keep) / tf.reduce_sum(keep), None, keep
+
+
+def make_train_step(model: RobustModel, optimizer, strategy=None):
     """Compiled step of SAT / ELR / JoCoR: one ``apply_gradients``; the memory rows of the
     batch are written after the update. Returns the loop's scalars (``dis_loss`` = mean BCE on
     the noisy labels, ``loss`` = the method's objective; JoCoR adds sel_precision/recall)."""
@@ -117,8 +131,11 @@ def make_train_step(model, optimizer, cfg, strategy=None):
 
     def step(batch):
         epoch = optimizer.iterations // model.steps_per_epoch
+        labels = tf.cast(batch["noisy_label"], tf.float32)
         with tf.GradientTape() as tape:
-            loss, rows, keep, bce = _losses(model, batch, epoch)
+            logits = model.net.forward(batch["image"], training=True)["dis"]
+            bce = sigmoid_ce_per_sample(labels, logits)
+            loss, rows, keep = model.loss(batch, epoch, labels, logits, bce)
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(
             [(tf.zeros_like(v) if g is None else g, v) for g, v in zip(grads, variables)])
@@ -130,6 +147,6 @@ def make_train_step(model, optimizer, cfg, strategy=None):
         if keep is not None:
             tp, nsel, ncorr = selection_counts(1.0 - keep, batch["label"], batch["noisy_label"])
             out.update(_tp=tp, _nsel=nsel, _ncorr=ncorr)
-        return grid._finish(out)
+        return grid.finish(out)
 
-    return tf.function(step)
+    return compile_step(step)

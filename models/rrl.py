@@ -20,7 +20,7 @@ def targets(batch, cfg):
     """Relation targets from the (cropped) noisy pixel map, computed in-graph: (B, out_size).
     XLA steps use the static-shape form (the row-run form has data-dependent shapes)."""
     return relation_targets_tf(batch["noisy_seg_map"], cfg.nb_class,
-                               static=bool(getattr(cfg, "jit_compile", False)))
+                               static=bool(cfg.jit_compile))
 
 
 def loss_per_sample(target, output):

@@ -35,14 +35,14 @@ def prepare_data(study: Study, log=_log) -> None:
     """Write the sample archive and its TFRecords (every study noise level) unless present."""
     if study.sample_archive is None:
         return
+    from archives.record_files import prepared
+
     levels = sorted({n for n in study.noise_levels if n > 0})
-    rec = study.data_dir / "TFRecord"
-    wanted = ["train", "val", "test"] + [f"train_noise_prcnt{n}" for n in levels]
-    if all((rec / f"{name}.tfrecord").is_file() for name in wanted):
+    if prepared(study.data_dir / "TFRecord", levels):
         return
     lock = _wait_for_lock(study.data_dir / ".study-data.lock", f"preparing {study.data_dir}", log)
     with lock:
-        if not all((rec / f"{name}.tfrecord").is_file() for name in wanted):
+        if not prepared(study.data_dir / "TFRecord", levels):  # another process may have done it
             _write_data(study, levels, log)
 
 
@@ -171,7 +171,8 @@ def _train_and_evaluate(study: Study, index: int, cell: Cell, show_progress: boo
     log(f"[{index}] {cell.name}: training {cfg.run_name}" + (" (resuming)" if resume else ""))
     # resume=True also starts afresh when nothing was checkpointed yet; a plain start would be
     # refused over the summaries an interruption before the first checkpoint leaves behind
-    result = training.train(cfg, resume=True, show_progress=show_progress, log=log)
+    result = training.train(cfg, resume=True, show_progress=show_progress, log=log,
+                            say_if_nothing_to_resume=False)
     keras.backend.clear_session()
     if not result.completed:
         raise RuntimeError(f"{cell.name}: training stopped before nb_epoch")

@@ -57,7 +57,7 @@ def _write_tif(path, data):
 
 # ------------------------------------------------------------------ CORINE code table
 
-# SPEC section 7, written out again here rather than imported
+# the release's CORINE table, written out again here rather than imported
 SPEC_TABLE = {0: [111, 112], 1: [121], 2: [211, 212, 213], 3: [221, 222, 223, 241], 4: [231],
               5: [242], 6: [243], 7: [244], 8: [311], 9: [312], 10: [313], 11: [321, 333],
               12: [322, 323], 13: [324], 14: [331], 15: [411, 412], 16: [421, 422],

@@ -45,7 +45,7 @@ def prepped(sample_root, tmp_path_factory):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = prep_BEN_noisy.main(["-r", str(sample_root), "-o", str(out), "--workers", "1",
-                                  "--noise-levels", *map(str, LEVELS)])
+                                  "--noise-levels", *map(str, LEVELS), "--layout", "files"])
     assert rc == 0
     return out / "TFRecord", buf.getvalue()
 
@@ -66,7 +66,10 @@ def _digest(path):
 
 
 def _run(argv, capsys):
-    rc = prep_BEN_noisy.main([str(a) for a in argv])
+    argv = [str(a) for a in argv]
+    if "--layout" not in argv:
+        argv += ["--layout", "files"]  # the sharded layout: tests/test_shards.py
+    rc = prep_BEN_noisy.main(argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
 

@@ -106,14 +106,14 @@ def test_release_leaves_a_lock_that_is_no_longer_ours(tmp_path):
 
 
 # ---------------------------------------------------------------- temporaries
-def test_temporary_is_a_new_hidden_file_with_an_unguessable_name(tmp_path):
+def test_temporary_is_a_new_file_with_an_unguessable_name(tmp_path):
     target = tmp_path / "val.tfrecord"
     names = []
     for _ in range(2):
         with atomic_path(target) as tmp:
             assert tmp.is_file() and not tmp.is_symlink() and tmp.stat().st_size == 0
             assert tmp.parent == tmp_path and tmp.suffix == ".tfrecord"
-            assert atomic_files.is_temp_name(tmp.name) and tmp.name.startswith(".val.tmp-")
+            assert atomic_files.is_temp_name(tmp.name) and tmp.name.startswith("val.tmp-")
             mask = os.umask(0)
             os.umask(mask)
             assert stat.S_IMODE(tmp.stat().st_mode) == 0o666 & ~mask

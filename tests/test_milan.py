@@ -1,4 +1,4 @@
-"""MiLaN (SPEC 8) and deep features (SPEC 9): losses by hand, triplet sampling invariants, the
+"""MiLaN and deep features (docs/hashing.md): losses by hand, triplet sampling invariants, the
 hashing network, config keys, end-to-end training + retrieval on tiny DLRSD-style and BEN
 records, off-the-shelf export and the fine-tuned variant from a weights file the test writes."""
 import json
@@ -244,6 +244,45 @@ def test_milan_resume_reaches_the_uninterrupted_weights(dlrsd, tmp_path):
         assert np.allclose(v.numpy(), w.numpy(), atol=1e-6), v.name
 
 
+@pytest.mark.parametrize("joint", [False, True])
+def test_milan_ctrl_c_mid_epoch_then_resume_is_exact(dlrsd, tmp_path, monkeypatch, joint):
+    """The loop's guarantees hold for MiLaN (cached-feature triplets or joint image batches):
+    Ctrl-C mid-epoch saves a checkpoint, and --resume skips exactly the steps done."""
+    from test_loop import checkpoint_counters, interrupt_after_steps
+
+    kw = dict(nb_epoch=2, train_backbone=joint)
+    full = training.train(_cfg(dlrsd, tmp_path / "a", **kw), show_progress=False,
+                          log=lambda m: None)
+    cfg = _cfg(dlrsd, tmp_path / "b", **kw)
+    logs = []
+    restore = interrupt_after_steps(monkeypatch, 2)  # 12 records, batch 6: 2 steps per epoch
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg, show_progress=False, log=logs.append)
+    restore()
+    assert any(m.startswith("interrupted: saved") for m in logs)
+    assert checkpoint_counters(cfg) == (1, 1)
+    done = training.train(cfg, resume=True, show_progress=False, log=lambda m: None)
+    assert done.completed and int(done.optimizer.iterations) == 4
+    for v, w in zip(full.model.hash_net.weights, done.model.hash_net.weights):
+        np.testing.assert_allclose(v.numpy(), w.numpy(), atol=1e-5, err_msg=v.name)
+    np.testing.assert_allclose(done.train_metrics["loss"], full.train_metrics["loss"],
+                               rtol=1e-5)
+
+
+def test_milan_damaged_training_file_is_named(dlrsd, tmp_path):
+    from run_guard import RunError
+
+    data = (dlrsd / "train_noise_prcnt50.tfrecord").read_bytes()
+    bad = tmp_path / "rec"
+    bad.mkdir()
+    (bad / "train.tfrecord").write_bytes((dlrsd / "train.tfrecord").read_bytes())
+    (bad / "train_noise_prcnt50.tfrecord").write_bytes(data[:int(len(data) * 0.6)])
+    cfg = _cfg(dlrsd, tmp_path, train_backbone=True,
+               train_tfrecord_paths=str(bad / "train.tfrecord"))
+    with pytest.raises(RunError, match="train_noise_prcnt50.tfrecord"):
+        training.train(cfg, show_progress=False, log=lambda m: None)
+
+
 def test_milan_frozen_training_lowers_the_triplet_loss(dlrsd, tmp_path):
     short = training.train(_cfg(dlrsd, tmp_path, nb_epoch=1, triplet_labels="scene"),
                            show_progress=False, log=lambda m: None)
@@ -285,7 +324,7 @@ def test_milan_on_ben_records(tmp_path):
         sum(1 for _ in tf.data.TFRecordDataset(cfg.train_tfrecord_paths))
 
 
-# ---- SPEC 9: off the shelf and fine-tuned ------------------------------------------------------
+# ---- deep features: off the shelf and fine-tuned ---------------------------------------------
 def test_off_the_shelf_features_come_from_the_weights_file(dlrsd, tmp_path):
     cfg = _cfg(dlrsd, tmp_path, model_name="OffTheShelf", batch_size=4, noise_prcnt=0)
     res = training.train(cfg, show_progress=False, log=lambda m: None)

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from losses import relation_targets
-from models import BACKBONES, build_backbone, build_model, make_eval_step, make_train_step
+from models import build_model
+from models.backbones import BACKBONES, build_backbone
 from models.backbones import resolve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,7 +124,7 @@ def test_grid_step_updates_each_group_from_its_own_loss(name):
     for k, gs in leak.items():
         assert any(gg is not None and np.abs(gg.numpy()).max() > 0 for gg in gs), k
     opt = keras.optimizers.Adam(1e-3)
-    step = make_train_step(m, opt, cfg)
+    step = m.make_train_step(opt)
     out = step(batch)
     assert int(opt.iterations) == 1
     np.testing.assert_allclose(float(out["dis_loss"]), float(ref["dis_loss"]), rtol=1e-5)
@@ -150,14 +151,14 @@ def test_selection_metrics_of_the_step():
     res = m.per_sample_losses(batch, training=True, seed=m.noise_seed(0))
     sel = res["noisy"].numpy()
     corrupted = np.array([1, 1, 1, 1, 0, 0, 0, 0], np.float32)
-    out = make_train_step(m, keras.optimizers.Adam(), cfg)(batch)
+    out = m.make_train_step(keras.optimizers.Adam())(batch)
     np.testing.assert_allclose(float(out["sel_precision"]), (sel * corrupted).sum() / 4, atol=1e-6)
     np.testing.assert_allclose(float(out["sel_recall"]), (sel * corrupted).sum() / 4, atol=1e-6)
     clean = dict(batch, noisy_label=batch["label"])  # nothing corrupted: recall 0, not NaN
-    out = make_eval_step(m, cfg)(clean)
+    out = m.make_eval_step()(clean)
     assert float(out["sel_recall"]) == 0.0 and float(out["sel_precision"]) == 0.0
     cfg0 = make_cfg(noisy_sel_prcnt=0)  # nothing selected: precision 0, not NaN
-    out = make_eval_step(build_model(cfg0), cfg0)(batch)
+    out = build_model(cfg0).make_eval_step()(batch)
     assert float(out["sel_precision"]) == 0.0 and np.isfinite(float(out["loss"]))
 
 
@@ -171,7 +172,7 @@ def test_baseline_step_is_plain_adam_on_mean_task_loss(name):
         loss = tf.reduce_mean(m.per_sample_losses(batch, training=True)["dis"])
     grads = tape.gradient(loss, m.trainable_variables)
     opt = keras.optimizers.Adam(1e-3)
-    out = make_train_step(m, opt, cfg)(batch)
+    out = m.make_train_step(opt)(batch)
     assert int(opt.iterations) == 1 and "sel_precision" not in out
     np.testing.assert_allclose(float(out["loss"]), float(loss), rtol=1e-5)
     for v, old, gg in zip(m.trainable_variables, before, grads):
@@ -183,7 +184,7 @@ def test_rrl_targets_in_graph_match_numpy_on_the_noisy_map():
     cfg = make_cfg("RRL")
     m = build_model(cfg)
     batch = make_batch(3)
-    t = m.variant.targets(batch, cfg).numpy()
+    t = m.variant.targets(batch, m.cfg).numpy()
     np.testing.assert_allclose(t, relation_targets(batch["noisy_seg_map"].numpy(), C), atol=1e-5)
 
 
@@ -191,7 +192,7 @@ def test_eval_step_is_deterministic_and_leaves_weights():
     cfg = make_cfg("GRID-PCE")
     m = build_model(cfg)
     before = [v.numpy().copy() for v in m.trainable_variables]
-    ev = make_eval_step(m, cfg)
+    ev = m.make_eval_step()
     a, b = ev(make_batch(4)), ev(make_batch(4))
     assert all(float(a[k]) == float(b[k]) for k in a)
     for v, old in zip(m.trainable_variables, before):
@@ -208,12 +209,12 @@ def test_batchnorm_modes_and_one_backbone_pass_per_step(name):
     bns = [ly for ly in m.backbone.layers if isinstance(ly, keras.layers.BatchNormalization)]
     assert bns
     batch = make_batch(8)
-    step = make_train_step(m, keras.optimizers.Adam(), cfg)
+    step = m.make_train_step(keras.optimizers.Adam())
     before = [bn.moving_mean.numpy().copy() for bn in bns]
     step(batch)
     assert all(not np.allclose(b, bn.moving_mean.numpy()) for b, bn in zip(before, bns))
     after = [bn.moving_mean.numpy().copy() for bn in bns]
-    make_eval_step(m, cfg)(batch)
+    m.make_eval_step()(batch)
     feat = m.feature_model(batch["image"]).numpy()
     for a, bn in zip(after, bns):
         np.testing.assert_array_equal(a, bn.moving_mean.numpy())
@@ -235,7 +236,7 @@ def test_unknown_model_name():
 # ---------------------------------------------------------------- feature model and backbones
 def test_feature_model_saves_and_loads_in_a_fresh_process(tmp_path):
     m = build_model(make_cfg("GRID-RRL"))
-    make_train_step(m, keras.optimizers.Adam(), m.cfg)(make_batch(4))  # move BN statistics
+    m.make_train_step(keras.optimizers.Adam())(make_batch(4))  # move BN statistics
     x = make_batch(3, seed=7)["image"].numpy()
     path, xin, ref = tmp_path / "feature_model.keras", tmp_path / "x.npy", tmp_path / "ref.npy"
     m.feature_model.save(path)
@@ -302,7 +303,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np, keras
 from test_models import make_cfg, make_batch, adam_first_update
-from models import build_model, make_train_step, make_eval_step
+from models import build_model
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 cfg = make_cfg("GRID-BCE", noisy_sel_prcnt=50)
 with strategy.scope():
@@ -328,7 +329,7 @@ for r in range(2):
 dist = strategy.experimental_distribute_values_from_function(
     lambda ctx: {k: v[4 * ctx.replica_id_in_sync_group: 4 * ctx.replica_id_in_sync_group + 4]
                  for k, v in batch.items()})
-step = make_train_step(m, opt, cfg, strategy=strategy)
+step = m.make_train_step(opt, strategy=strategy)
 out = step(dist)
 it = int(opt.iterations.numpy()); assert it == 1, it
 for k in exp_metrics:
@@ -337,7 +338,7 @@ for v, old in zip(m.trainable_variables, before):
     vals = [x.numpy() for x in strategy.experimental_local_results(v.value)]
     np.testing.assert_allclose(vals[0], vals[1])
     np.testing.assert_allclose(vals[0], old + adam_first_update(tot[id(v)]), rtol=1e-4, atol=2e-6)
-ev = make_eval_step(m, cfg, strategy=strategy)(dist)
+ev = m.make_eval_step(strategy=strategy)(dist)
 ds = tf.data.Dataset.from_tensor_slices(batch).batch(8)  # the way train.py feeds batches
 for b in strategy.experimental_distribute_dataset(ds):
     out2 = step(b)
@@ -364,12 +365,12 @@ def test_checkpoint_resume_reaches_the_same_weights(tmp_path):
     cfg = make_cfg("GRID-BCE")
     b1, b2 = make_batch(8, seed=1), make_batch(8, seed=2)
     m, opt = build_model(cfg), keras.optimizers.Adam(1e-3)
-    step = make_train_step(m, opt, cfg)
+    step = m.make_train_step(opt)
     step(b1)
     path = tf.train.Checkpoint(optimizer=opt, **m.keras_models).write(str(tmp_path / "ckpt"))
     step(b2)
     m2, opt2 = build_model(cfg), keras.optimizers.Adam(1e-3)
-    step2 = make_train_step(m2, opt2, cfg)
+    step2 = m2.make_train_step(opt2)
     tf.train.Checkpoint(optimizer=opt2, **m2.keras_models).read(path).assert_consumed()
     assert int(opt2.iterations) == 1
     step2(b2)
@@ -388,7 +389,7 @@ def test_xla_steps_equal_the_plain_steps(name):
         keras.utils.set_random_seed(0)
         m = build_model(cfg)
         opt = keras.optimizers.Adam(1e-3)
-        step, ev = make_train_step(m, opt, cfg), make_eval_step(m, cfg)
+        step, ev = m.make_train_step(opt), m.make_eval_step()
         outs = [step(make_batch(8, seed=i)) for i in range(3)] + [ev(make_batch(8, seed=9))]
         runs.append(([{k: float(v) for k, v in o.items()} for o in outs],
                      [v.numpy() for v in m.trainable_variables]))
@@ -407,7 +408,7 @@ def test_mean_metrics_pools_selection_counts():
     """Three steps: 3 of 3 selected are corrupted (28 corrupted), 3 of 3 (27), nothing selected
     in a short last batch (5 corrupted). Pooled precision 6/6 = 1 (the mean of the per-step
     ratios would be 2/3), recall 6/60; losses are plain means."""
-    from models.grid import mean_metrics
+    from models.base import mean_metrics
 
     steps = [dict(loss=1.0, _tp=3, _nsel=3, _ncorr=28, sel_precision=1.0, sel_recall=3 / 28),
              dict(loss=2.0, _tp=3, _nsel=3, _ncorr=27, sel_precision=1.0, sel_recall=3 / 27),
@@ -418,3 +419,26 @@ def test_mean_metrics_pools_selection_counts():
     assert mean_metrics({"loss": 4.0}, 2) == {"loss": 2.0}  # baselines: no selection
     assert mean_metrics({"_tp": 0, "_nsel": 0, "_ncorr": 0}, 1) == {"sel_precision": 0.0,
                                                                     "sel_recall": 0.0}
+
+
+def test_steps_of_models_built_one_after_another_do_not_count_as_retracing():
+    """A study trains cell after cell in one process: each new model's steps trace for their
+    own batch shapes (a full and a short last batch) and TF must not count them together as
+    retracing of one function (its warning on a study's later cells)."""
+    import logging
+
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    tf.get_logger().addHandler(handler)
+    try:
+        for _ in range(3):  # three "cells"
+            m = build_model(make_cfg("BCE"))
+            step, ev = m.make_train_step(keras.optimizers.Adam()), m.make_eval_step()
+            for n in (4, 4, 2, 4, 2):  # full and short batches, each shape traced once
+                step(make_batch(n))
+                ev(make_batch(n))
+            assert step.experimental_get_tracing_count() == ev.experimental_get_tracing_count() == 2
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [w for w in warnings if "retracing" in w]

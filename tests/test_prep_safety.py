@@ -203,7 +203,7 @@ def test_split_csv_name_that_leaves_the_root_is_refused_or_skipped(raw, tmp_path
         "separator); names must not leave the root"]
     names_written = [r["patch_name"].numpy().decode() for r in ben.parse_records(
         [str(tmp_path / "b/TFRecord/train.tfrecord")])]
-    assert names_written == names
+    assert sorted(names_written) == sorted(names)  # (shards hold them in a seeded order)
 
 
 @pytest.mark.slow
@@ -229,3 +229,27 @@ def test_two_preps_started_together_on_one_folder(dlrsd_sample, tmp_path, capsys
     assert first.returncode == 0, err
     meta = json.loads((out / "TFRecord" / "records_meta.json").read_text())
     assert meta["seed"] == 42 and not lock.exists()
+
+
+def test_tasks_of_a_sharded_prep_share_the_folder_a_whole_prep_does_not(dlrsd_sample, tmp_path,
+                                                                       capsys):
+    import locks
+
+    tf_dir = tmp_path / "out" / "TFRecord"
+    args = ["-r_dlrsd", str(dlrsd_sample / "DLRSD"), "-r_ucm",
+            str(dlrsd_sample / "UCMerced_LandUse"), "-o", str(tmp_path / "out"), "--quiet",
+            "--noise-levels", "50", "--shard-size", "20"]
+    task0 = tf_dir / ".prep-task-0-of-2.lock"
+    _plant_lock(tf_dir, os.getpid())  # a live whole prep ...
+    assert prep_DLRSD_noisy.main(args + ["--shard", "1/2"]) == 2  # ... keeps the tasks out
+    assert f"in use by pid {os.getpid()} on host {locks.hostname()}" in error_lines(capsys)[0]
+    (tf_dir / ".prep.lock").unlink()
+    task0.write_text(json.dumps({"pid": os.getpid(), "host": locks.hostname(), "purpose": "task 0",
+                                 "since": "2026-01-02 03:04:05", "token": "planted"}))
+    assert prep_DLRSD_noisy.main(args + ["--shard", "0/2"]) == 2  # the same task twice: no
+    assert "(task 0)" in error_lines(capsys)[0]
+    assert prep_DLRSD_noisy.main(args) == 2  # a whole prep: no
+    assert f"delete {task0}" in error_lines(capsys)[0]
+    assert prep_DLRSD_noisy.main(args + ["--shard", "1/2"]) == 0  # its partner task: yes
+    assert not (tf_dir / ".prep-task-1-of-2.lock").exists() and task0.exists()
+    assert list(tf_dir.glob("*-of-*.tfrecord"))  # task 1's shards are there

@@ -100,27 +100,26 @@ def _batch(index, seed=0):
 
 
 def test_config_accepts_robust_models(tmp_path):
-    from models.robust import RobustModel
+    from models import build_model
     for name in ("SAT", "ELR", "JoCoR"):
         assert _cfg(name, tmp_path).model_name == name
     cfg = _cfg("ELR", tmp_path)
     with pytest.raises(ValueError, match="strategy"):
-        RobustModel(_cfg("SAT", tmp_path, strategy="mirrored"), n_train=4)
+        build_model(_cfg("SAT", tmp_path, strategy="mirrored"), n_train=4)
     assert cfg.is_grid is False
 
 
 def test_elr_step_writes_memory_rows_of_the_batch(tmp_path):
     import keras
-    from models import make_step
-    from models.robust import RobustModel
+    from models import build_model
 
     keras.utils.set_random_seed(0)
-    model = RobustModel(_cfg("ELR", tmp_path), n_train=10)
+    model = build_model(_cfg("ELR", tmp_path), n_train=10)
     assert model.steps_per_epoch == 3 and model.memory.shape == (10, 17)
     batch = _batch([7, 2, 5])
     probs = tf.sigmoid(model.net.forward(batch["image"], training=True)["dis"]).numpy()
     opt = keras.optimizers.Adam(1e-3)
-    out = make_step(model, opt, model.cfg)(batch)
+    out = model.make_train_step(opt)(batch)
     mem = model.memory.numpy()
     np.testing.assert_allclose(mem[[7, 2, 5]], (1 - R.ELR_BETA) * probs, atol=1e-5)
     assert np.all(mem[[0, 1, 3, 4, 6, 8, 9]] == 0)
@@ -130,13 +129,12 @@ def test_elr_step_writes_memory_rows_of_the_batch(tmp_path):
 
 def test_sat_memory_starts_at_labels_at_start_epoch(tmp_path):
     import keras
-    from models import make_step
-    from models.robust import RobustModel
+    from models import build_model
 
     keras.utils.set_random_seed(0)
-    model = RobustModel(_cfg("SAT", tmp_path, nb_epoch=10), n_train=4)  # E_s = 3, 1 step/epoch
+    model = build_model(_cfg("SAT", tmp_path, nb_epoch=10), n_train=4)  # E_s = 3, 1 step/epoch
     assert model.schedule["sat_start_epoch"] == 3 and model.steps_per_epoch == 1
-    step = make_step(model, keras.optimizers.Adam(1e-3), model.cfg)
+    step = model.make_train_step(keras.optimizers.Adam(1e-3))
     batch = _batch([0, 1, 2, 3])
     for _ in range(3):  # epochs 0-2: plain BCE, memory untouched
         out = step(batch)
@@ -150,15 +148,14 @@ def test_sat_memory_starts_at_labels_at_start_epoch(tmp_path):
 
 def test_jocor_two_networks_and_selection_metrics(tmp_path):
     import keras
-    from models import make_step
-    from models.robust import RobustModel
+    from models import build_model
 
     keras.utils.set_random_seed(0)
-    model = RobustModel(_cfg("JoCoR", tmp_path, nb_epoch=20), n_train=4)
+    model = build_model(_cfg("JoCoR", tmp_path, nb_epoch=20), n_train=4)
     assert model.schedule == {"sat_start_epoch": 6, "jocor_ramp_epochs": 1, "jocor_tau": 0.5}
     assert {"peer_backbone", "peer_discriminative_head"} <= set(model.keras_models)
     assert not hasattr(model, "memory")
-    step = make_step(model, keras.optimizers.Adam(1e-3), model.cfg)
+    step = model.make_train_step(keras.optimizers.Adam(1e-3))
     first = step(_batch([0, 1, 2, 3]))  # epoch 0: forget rate 0, nothing discarded
     assert float(first["sel_precision"]) == 0.0 and float(first["sel_recall"]) == 0.0
     second = step(_batch([0, 1, 2, 3]))  # epoch 1: 2 of 4 discarded
@@ -177,7 +174,7 @@ def records(tmp_path_factory):
     raw, full, tiny = base / "raw", base / "full", base / "TFRecord"
     sample.write_sample_archive(raw, seed=0, per_class=5, scenes=["beach", "forest"])
     prep_DLRSD_noisy.main(["-r_dlrsd", str(raw / "DLRSD"), "-r_ucm", str(raw / "UCMerced_LandUse"),
-                           "-o", str(full), "--noise-levels", "50", "--quiet"])
+                           "-o", str(full), "--noise-levels", "50", "--quiet", "--layout", "files"])
     tiny.mkdir()
     for name in ("train", "train_noise_prcnt50"):
         with tf.io.TFRecordWriter(str(tiny / f"{name}.tfrecord")) as w:

@@ -31,7 +31,7 @@ def base_config(tmp_path_factory) -> Path:
     raw, full, tiny = base / "raw", base / "full", base / "TFRecord"
     sample.write_sample_archive(raw, seed=0, per_class=10, scenes=["beach", "forest", "harbor"])
     prep_DLRSD_noisy.main(["-r_dlrsd", str(raw / "DLRSD"), "-r_ucm", str(raw / "UCMerced_LandUse"),
-                           "-o", str(full), "--noise-levels", "50", "--quiet"])
+                           "-o", str(full), "--noise-levels", "50", "--quiet", "--layout", "files"])
     tiny.mkdir()
     for name, src, n in (("train", "train", N_TRAIN), ("train_noise_prcnt50", "train_noise_prcnt50",
                           N_TRAIN), ("val", "val", 4), ("test", "train", N_EVAL)):
