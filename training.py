@@ -370,6 +370,9 @@ def _set_up(cfg: Config, resume: bool, overwrite: bool, say_if_none: bool, log,
     return run
 
 
+# --overwrite: the earlier run is set aside, not deleted, until this run checkpoints its first
+# epoch (run_guard.checkpoint_written in _end_epoch); put back if train() raises before (run_guard)
+@run_guard.guards_overwrite
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
           max_epochs: int | None = None, show_progress: bool = True,
           log: Callable[[str], None] = _print, say_if_nothing_to_resume: bool = True
@@ -482,6 +485,7 @@ def _end_epoch(run: _Run, writer, epoch: int, last: bool) -> None:
     if last or time.perf_counter() - run.last_save_s >= every:
         run.pending.assign(json.dumps(run.means))
         run.save()
+        run_guard.checkpoint_written()  # --overwrite: the set-aside earlier run is deleted now
     _report_epoch(run, writer, epoch + 1)
 
 

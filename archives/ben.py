@@ -34,6 +34,7 @@ import numpy as np
 from bigearthnet_common import constants as ben_constants
 
 from archives import registry
+from archives.prep_cli import locks_output
 from archives.report import PrepError
 
 INFO = registry.BEN  # the archive's facts live in its light description
@@ -194,6 +195,23 @@ def read_patch_worker(args: tuple) -> tuple[str, dict | None, str | None]:
 
 
 # ---------------------------------------------------------------- splits
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` (a patch name from a split CSV or a metadata parquet) cannot be used as one
+    folder name under the archive root, or None: it must be non-empty and hold no path
+    separator (``/`` or ``\\``), no ``..`` and no NUL, so that the folder it names stays under
+    the root. (Symbolic links inside the root are followed: a root assembled from links works.)"""
+    if not name or name == ".":
+        return "empty or '.'"
+    if "/" in name or "\\" in name:
+        return "holds a path separator"
+    if "\0" in name:
+        return "holds a NUL character"
+    if ".." in name:
+        return "holds '..'"
+    return None
+
+
 
 def read_split_csv(path: str | os.PathLike) -> list[str]:
     """Patch names of a split file (first field of each non-empty line, file order kept).
@@ -424,10 +442,13 @@ def resolve_splits(root: Path, csvs: dict, skip_invalid: bool, skipped: list) ->
         names = read_split_csv(given[split])
         kept = []
         for name in names:
-            if (root / name).is_dir():
+            problem = name_problem(name)
+            if problem is None and (root / name).is_dir():
                 kept.append(name)
                 continue
-            msg = f"{given[split]}: patch {name} is not under {root}"
+            msg = (f"{given[split]}: patch {name!r} is not a folder name ({problem}); names "
+                   "must not leave the root" if problem else
+                   f"{given[split]}: patch {name} is not under {root}")
             skip_or_raise(InvalidPatch(msg), skip_invalid, skipped, root / name, msg)
         splits[split], absent[split] = kept, len(names) - len(kept)
     seen: dict[str, str] = {}
@@ -451,6 +472,7 @@ def encode_shard_item(item: tuple) -> tuple[str, bytes, None]:
     return patch, encode_examples(patch, bands, labels19, clean, [clean], schema)[0], None
 
 
+@locks_output
 def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = NOISE_LEVELS,
             seed: int = 42, schema: str = "compact", workers: int = 1,
             skip_invalid: bool = False, progress: bool = True, layout: str | None = None,

@@ -254,8 +254,10 @@ def read_metadata(layout: Layout, skip_invalid: bool = False,
     """The usable rows of ``metadata.parquet``: rows flagged with snow or cloud/shadow, or listed
     in the snow/cloud/shadow parquet, are left out (counted in ``left_out``). A row with a label
     outside the 19-class nomenclature, a split other than train/validation/test, a null
-    ``labels`` or ``s1_name``, or a malformed patch name raises InvalidPatch naming the parquet
-    and the patch, or is skipped and listed in ``skipped``; a repeated patch_id raises."""
+    ``labels`` or ``s1_name``, a malformed patch name, or a ``patch_id`` / ``s1_name`` that is
+    not one plain folder name (a path separator or ``..``: ``archives.ben.name_problem``) raises
+    InvalidPatch naming the parquet and the patch, or is skipped and listed in ``skipped``; a
+    repeated patch_id raises."""
     from archives.common import skip_or_raise
 
     skipped = [] if skipped is None else skipped
@@ -298,6 +300,10 @@ def read_metadata(layout: Layout, skip_invalid: bool = False,
             bad[r] = f"split {s!r} is not one of {', '.join(SPLIT_VALUES)}"
         elif s1n is None:
             bad[r] = "s1_name is null (expected the paired S1 patch name)"
+        elif ben.name_problem(p) or ben.name_problem(s1n):
+            column, value = ("patch_id", p) if ben.name_problem(p) else ("s1_name", s1n)
+            bad[r] = (f"{column} {value!r} is not a folder name ({ben.name_problem(value)}); "
+                      "names must not leave the root")
         else:
             try:
                 tile_of(p)
