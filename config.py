@@ -174,7 +174,7 @@ class Config:
     kl_reduction: str = "latent"  # KL over a latent map: "latent" (ours) or "published"
     strategy: str = "default"
     jit_compile: bool = False  # XLA-compile the training and evaluation steps (GRID/baselines)
-    # MiLaN (SPEC 8) and deep features (SPEC 9)
+    # MiLaN and deep features (docs/hashing.md)
     hash_bits: int = 32
     train_backbone: bool = False
     triplet_labels: str = "label"
@@ -349,16 +349,29 @@ class Config:
 
     @property
     def noisy_train_paths(self) -> tuple[str, ...]:
-        """Training files actually read: basename -> train_noise_prcnt<N>.tfrecord when N > 0."""
+        """Training files actually read when N = noise_prcnt > 0: beside records of a sharded
+        prep (records_meta.json says so), the train paths plus the level's noise overlay
+        ``train_noise_prcnt<N>.overlay.npz``; otherwise train_noise_prcnt<N>.tfrecord in
+        place of each train file (docs/full-scale.md)."""
+        from archives.record_files import overlay_name
+        from archives.records_meta import overlay_layout
+
         if self.noise_prcnt == 0:
             return self.train_tfrecord_paths
         name = f"train_noise_prcnt{self.noise_prcnt}.tfrecord"
         out: list[str] = []
+        overlays: list[str] = []
         for path in self.train_tfrecord_paths:
-            noisy = os.path.join(os.path.dirname(path), name)
+            folder = os.path.dirname(path)
+            if overlay_layout(folder or "."):
+                noisy, overlay = path, os.path.join(folder, overlay_name(self.noise_prcnt))
+                if overlay not in overlays:
+                    overlays.append(overlay)
+            else:
+                noisy = os.path.join(folder, name)
             if noisy not in out:
                 out.append(noisy)
-        return tuple(out)
+        return tuple(out + overlays)
 
     @property
     def run_name(self) -> str:
@@ -397,6 +410,37 @@ class Config:
 
 
 _MISSING = object()  # a required key that is absent (already reported)
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def weights_file_problem(path: str) -> str | None:
+    """Why an existing file cannot be a weights file for ``Model.load_weights``, or None: its
+    name must end as Keras requires (.weights.h5, .h5, .hdf5, .keras, .weights.json) and its
+    first bytes must be those of that format (HDF5 signature, at 0 or a power of two from
+    512; zip for .keras; a JSON object for .weights.json). Only the name and a few bytes are
+    read: a file of the right format for another architecture fails when it is loaded."""
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as fh:
+            if name.endswith(".keras"):
+                return None if fh.read(4) == b"PK\x03\x04" else "not a zip archive"
+            if name.endswith(".weights.json"):
+                try:
+                    return None if isinstance(json.load(fh), dict) else "not a JSON object"
+                except ValueError:
+                    return "not JSON"
+            if not name.endswith((".h5", ".hdf5")):
+                return "its name ends in none of .weights.h5, .h5, .hdf5, .keras, .weights.json"
+            size, offset = os.fstat(fh.fileno()).st_size, 0
+            while offset + len(HDF5_SIGNATURE) <= size:
+                fh.seek(offset)
+                if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                    return None
+                offset = 512 if offset == 0 else offset * 2
+            return "no HDF5 signature"
+    except OSError as err:
+        return f"cannot be read: {err.strerror or err}"
 
 
 def with_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]
@@ -472,6 +516,10 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
         if isinstance(weights, str) and not os.path.isfile(weights):
             _fail(f"weights: file {weights!r} does not exist (nothing is downloaded; "
                   "use null for random initialisation)")
+        elif isinstance(weights, str) and (problem := weights_file_problem(weights)):
+            _fail(f"weights: {weights!r} is not a Keras weights file ({problem}); expected an "
+                  "HDF5 .weights.h5 / .h5 file (Model.save_weights, the Keras-applications "
+                  "notop files) or a .keras file")
     out["weights"] = weights
 
     _validate_milan_keys(d, out)

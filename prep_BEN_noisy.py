@@ -1,5 +1,7 @@
-"""BigEarthNet-S2 folder -> TFRecords with injected label noise (train.tfrecord, val.tfrecord,
-test.tfrecord, train_noise_prcnt<N>.tfrecord) and a report, under <out_folder>/TFRecord/.
+"""BigEarthNet-S2 folder -> TFRecords with injected label noise and a report, under
+<out_folder>/TFRecord/: each split as shards in a seeded random order and one noise overlay per
+level (train_noise_prcnt<N>.overlay.npz), or with --layout files train.tfrecord, val.tfrecord,
+test.tfrecord and a full train_noise_prcnt<N>.tfrecord per level (docs/full-scale.md).
 
 Example: python prep_BEN_noisy.py -r BigEarthNet-v1.0 -train train.csv -val val.csv -test test.csv
 Without the three CSVs the official splits of bigearthnet-common are used (snow and
@@ -11,7 +13,7 @@ three CSVs, v2 or v1 names), S2 + S1 + reference maps in each record, both noise
 Example: python prep_BEN_noisy.py -r reBEN -o dumps/data/BENv2
 
 Flags shared with the other prep scripts (archives/prep_cli.py): -o, --noise-levels, --seed,
---schema, --workers, --skip-invalid, --quiet, --verbose.
+--schema, --workers, --layout, --shard-size, --shard, --skip-invalid, --quiet, --verbose.
 """
 from __future__ import annotations
 
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
             args.root_folder, args.out_folder or "dumps/data/BEN",
             {"train": args.train_csv, "val": args.val_csv, "test": args.test_csv},
             noise_levels=args.noise_levels, seed=args.seed, schema=args.schema,
-            workers=args.workers, skip_invalid=args.skip_invalid, progress=not args.quiet)
+            workers=args.workers, skip_invalid=args.skip_invalid, progress=not args.quiet,
+            **prep_cli.layout_kwargs(args))
 
     def notes(report):
         if report.extra.get("layout") == "v2":
@@ -78,7 +81,7 @@ def _prepare_v2(args):
         {"train": args.train_csv, "val": args.val_csv, "test": args.test_csv},
         noise_levels=args.noise_levels, seed=args.seed,
         s1_storage=args.s1_storage or benv2.S1_STORAGE, workers=args.workers,
-        skip_invalid=args.skip_invalid, progress=not args.quiet)
+        skip_invalid=args.skip_invalid, progress=not args.quiet, **prep_cli.layout_kwargs(args))
 
 
 if __name__ == "__main__":

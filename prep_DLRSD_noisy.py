@@ -1,7 +1,7 @@
 """DLRSD + UC Merced raw download -> TFRecords with injected label noise (see archives/dlrsd.py).
 
 Flags shared with the other prep scripts (archives/prep_cli.py): -o, --noise-levels, --seed,
---schema, --workers, --skip-invalid, --quiet, --verbose.
+--schema, --workers, --layout, --shard-size, --shard, --skip-invalid, --quiet, --verbose.
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def main(argv=None) -> int:
         return dlrsd.prepare(a.root_UCM_folder, a.root_DLRSD_folder, a.out_folder,
                              noise_levels=a.noise_levels, seed=a.seed, schema=a.schema,
                              multi_labels=a.multi_labels, skip_invalid=a.skip_invalid,
-                             progress=not a.quiet, workers=a.workers)
+                             progress=not a.quiet, workers=a.workers,
+                             **prep_cli.layout_kwargs(a))
 
     return prep_cli.run_prep(prepare)
 

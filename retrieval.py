@@ -38,7 +38,8 @@ def _dataset_names() -> tuple[str, ...]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("configs", nargs="*", help="dumped run configs (dumps/configs/<run>.json)")
-    p.add_argument("--query-features", help="query feature HDF5 (feature, label, patch_name)")
+    p.add_argument("--query-features", help="query feature HDF5 (feature, label, patch_name; "
+                   "code instead of feature for --metric hamming)")
     p.add_argument("--archive-features", help="archive feature HDF5")
     p.add_argument("--metric", choices=METRICS + ("hamming",), default=None,
                    help="distance (default chi2; hamming for MiLaN runs)")
@@ -158,6 +159,10 @@ def run_config(path: str, args) -> tuple[str, dict]:
            "dataset": run.dataset, "model_name": run.model_name,
            "train_tfrecord_paths": list(run.train_tfrecord_paths),
            "test_tfrecord_paths": list(run.test_tfrecord_paths), "dumps": dict(run.dumps)}
+    from archives.record_files import all_files
+    # a sharded split's name stands for its shards (archives/record_files.py)
+    cfg["train_tfrecord_paths"] = all_files(cfg["train_tfrecord_paths"])
+    cfg["test_tfrecord_paths"] = all_files(cfg["test_tfrecord_paths"])
     absent = [p for p in [cfg["feature_model_path"], *cfg["train_tfrecord_paths"],
                           *cfg["test_tfrecord_paths"]] if not Path(p).is_file()]
     if absent:

@@ -9,8 +9,9 @@ partial sums), stops on a non-finite loss without saving the bad state, and fina
 before any output of an earlier run is touched, and an existing run is never replaced without
 ``overwrite=True``. After each probed epoch (``val_retrieval_every``) it measures validation
 retrieval and memorisation (evaluation/epoch_probe.py), keeps the per-epoch history and the best
-validation epoch with the checkpoint (run_history.py) and exports the epoch ``select`` names. Pieces: ``_set_up`` (guards, model, checkpoint), ``_train_epoch``,
-``_end_epoch`` / ``_report_epoch`` (checkpoint, validation, report), ``_export``.
+validation epoch with the checkpoint (run_history.py) and exports the epoch ``select`` names.
+Pieces: ``_set_up`` (guards, model, checkpoint), ``_train_epoch``, ``_end_epoch`` /
+``_report_epoch`` (checkpoint, validation, probe, report), ``_export``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -30,6 +32,7 @@ from tqdm import tqdm
 
 import run_guard
 import run_history
+import tb_logging
 from atomic_files import atomic_path, remove_stale_temps, write_json_atomic
 from config import Config, ConfigError
 from models.base import mean_metrics
@@ -57,6 +60,7 @@ class RunResult:
     model: Any = dataclasses.field(default=None, repr=False)
     optimizer: Any = dataclasses.field(default=None, repr=False)
     epochs_total: int | None = None  # of a complete run (0: a model with nothing to train)
+    chief: bool = True  # False: another worker of a multi-worker run (it writes no output)
 
 
 # ---- devices and strategy -----------------------------------------------------------------
@@ -77,15 +81,38 @@ def configure_devices(cfg: Config) -> None:
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """"default" -> the current strategy; "mirrored" -> every GPU (else every logical CPU);
-    "multi_worker" -> MultiWorkerMirroredStrategy (cluster from TF_CONFIG)."""
+    "multi_worker" -> MultiWorkerMirroredStrategy, its cluster from ``TF_CONFIG`` or, without
+    it, from the SLURM job step (:func:`cluster_resolver`). Call before TensorFlow runs any op:
+    collective ops are configured when the strategy is created (docs/training.md)."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver())
     raise ConfigError(f"strategy: unknown value {name!r}")
+
+
+SLURM_PORT_BASE = 8888  # first port of a SLURM node's workers (one port per task on the node)
+
+
+def cluster_resolver(environ: Mapping[str, str] = os.environ):
+    """The multi-worker cluster: ``TF_CONFIG`` when set (None: TensorFlow reads it); else,
+    inside a SLURM job step of several tasks (``srun``: ``SLURM_STEP_NUM_TASKS``), a
+    SlurmClusterResolver (one worker per task, worker 0 the chief); else None (one local
+    worker). Several tasks on one GPU node each get their share of its GPUs."""
+    if environ.get("TF_CONFIG") or int(environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) < 2:
+        return None
+    gpus = tf.config.list_physical_devices("GPU")
+    resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+        port_base=SLURM_PORT_BASE, gpus_per_node=len(gpus), auto_set_gpu=False)
+    tasks_here = max(resolver._task_configuration.values())  # noqa: SLF001 (no public getter)
+    if gpus and tasks_here > 1:  # CUDA_VISIBLE_DEVICES would come too late: TF found the GPUs
+        share = len(gpus) // tasks_here
+        local = int(environ.get("SLURM_LOCALID", "0"))
+        tf.config.set_visible_devices(gpus[local * share:(local + 1) * share], "GPU")
+    return resolver
 
 
 def _worker_role(strategy) -> tuple[bool, str]:
@@ -97,6 +124,41 @@ def _worker_role(strategy) -> tuple[bool, str]:
     spec = resolver.cluster_spec().as_dict() if resolver.cluster_spec() else {}
     chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in spec)
     return chief, f"{task_type}{task_id}"
+
+
+def synchronize_batch_norm(keras_models) -> int:
+    """Batch normalisation over the global batch (statistics all-reduced over every replica)
+    in each model; returns the number of layers changed. Without it each worker normalises by
+    its own part of the batch and updates its own copy of the moving statistics, so the
+    workers' models (and their validation figures) drift apart although every trainable
+    weight agrees."""
+    changed, seen = 0, set()
+    stack = list(keras_models)
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
+            layer.synchronized = True
+            changed += 1
+        stack.extend(getattr(layer, "layers", []))
+    return changed
+
+
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """``ds`` split among workers by DATA (docs/training.md, "Multi-worker training"): every
+    worker runs the whole pipeline and keeps its replicas' slices of each global batch, so a
+    step's global batch is exactly one process's batch (same shuffle, same augmentation, every
+    record once per epoch, whatever the number of workers). Not FILE, which TensorFlow's
+    default (AUTO) picks once there are as many record files as workers: each worker would
+    shuffle and batch its own files, the batches would depend on the number of workers, and
+    files of unequal sizes give the workers unequal numbers of records, padded with partial
+    or empty batches (measured: 3 files of 24/24/15 records, 2 workers, batch 8: 8 steps
+    instead of 7)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def make_optimizer(cfg: Config, adam_betas=(0.9, 0.999)) -> keras.optimizers.Optimizer:
@@ -194,6 +256,8 @@ class _Run:
         keras.utils.set_random_seed(cfg.seed)
         with strategy.scope():
             self.model = models.build_model(cfg)
+            if cfg.strategy == "multi_worker":
+                synchronize_batch_norm(self.model.keras_models.values())
             self.optimizer = make_optimizer(cfg, self.model.adam_betas)
             # builds the optimizer over every trainable variable (before any restore)
             self.train_step = (self.model.make_train_step(
@@ -221,7 +285,10 @@ class _Run:
         if cfg.val_retrieval_every > 0 and self.model.epochs:
             from evaluation.epoch_probe import EpochProbe, make_probe_fn
             self.probe, self.probe_fn = EpochProbe(cfg, log), make_probe_fn(self.model, cfg)
-        self.ckpt_dir = cfg.checkpoint_dir if self.chief else cfg.checkpoint_dir / f"tmp-{worker}"
+        # other workers take part in every save (it may hold collective ops) but keep nothing:
+        # they write into a scratch folder of their own, removed after each save and at the end
+        self.ckpt_dir = (cfg.checkpoint_dir if self.chief else Path(tempfile.mkdtemp(
+            prefix=f"{cfg.run_name}-{worker}-checkpoints-")))
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.ckpt_dir),
                                                   max_to_keep=MAX_CHECKPOINTS)
         self.last_good: str | None = None
@@ -240,14 +307,15 @@ class _Run:
 
     def restore(self, resume: bool, say_if_none: bool) -> None:
         """Continue from the newest readable checkpoint (when ``resume``); start the clock."""
-        if resume and self.manager.checkpoints:
-            self.last_good = run_guard.restore_newest_readable(
-                self.checkpoint, self.manager.checkpoints, self.log)
+        # every worker restores the chief's checkpoint (a shared folder): the same state
+        paths = self.manager.checkpoints if self.chief else _checkpoints_in(self.cfg.checkpoint_dir)
+        if resume and paths:
+            self.last_good = run_guard.restore_newest_readable(self.checkpoint, paths, self.log)
             self.saved_pending = bool(self.pending.numpy())
             self.log(f"resumed from {self.last_good}: epoch {int(self.epoch)} done, "
                      f"{int(self.step_in_epoch)} step(s) into the next")
         elif resume and say_if_none:
-            self.log(f"--resume: no checkpoint in {self.ckpt_dir}; starting afresh")
+            self.log(f"--resume: no checkpoint in {self.cfg.checkpoint_dir}; starting afresh")
         self._clock = (time.perf_counter(), float(self.time_s))
 
     def elapsed(self) -> float:
@@ -267,34 +335,54 @@ class _Run:
         self.unsaved = False
         self.saved_pending = bool(self.pending.numpy())
         self.last_save_s = time.perf_counter()
-        if not self.chief:  # other workers must take part in saving but keep nothing
-            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-        else:
+        if self.chief:
             self.last_good = path
+        else:
+            self.remove_scratch()
+
+    def remove_scratch(self) -> None:
+        """A non-chief worker: delete its scratch checkpoints (after each save, at the end)."""
+        if not self.chief:
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+
+
+def _checkpoints_in(folder: Path) -> list[str]:
+    """The checkpoints listed in ``folder``'s index, oldest first ([] if none)."""
+    state = tf.train.get_checkpoint_state(str(folder))
+    return list(state.all_model_checkpoint_paths) if state else []
 
 
 def _set_up(cfg: Config, resume: bool, overwrite: bool, say_if_none: bool, log,
             progress: bool) -> _Run:
     """Check every input, apply the existing-run rule, clear leftovers, build the run and
     restore its checkpoint."""
-    run_guard.check_inputs(cfg)
-    run_guard.check_outputs(cfg)
+    # the strategy first: a multi-worker one must exist before TensorFlow runs any op (the
+    # input checks read the record files); creating it writes nothing
     configure_devices(cfg)
     strategy = make_strategy(cfg.strategy)
-    if _worker_role(strategy)[0]:
+    run_guard.check_inputs(cfg)
+    run_guard.check_outputs(cfg)
+    chief = _worker_role(strategy)[0]
+    if chief:  # only the chief touches the run's outputs (other workers may share the folders)
         for path in run_guard.remove_checkpoint_temps(cfg.checkpoint_dir):
             log(f"removed {path}, left by an interrupted or failed checkpoint write")
         if not resume:
             run_guard.clear_for_fresh_start(cfg, overwrite, log)
-    for path in remove_stale_temps(cfg.weights_dir) + remove_stale_temps(cfg.config_dump_path.parent):
-        log(f"removed {path}, left by an interrupted earlier run")
+        for path in (remove_stale_temps(cfg.weights_dir)
+                     + remove_stale_temps(cfg.config_dump_path.parent)):
+            log(f"removed {path}, left by an interrupted earlier run")
     run = _Run(cfg, strategy, log)
     run.model.prepare(log, progress)  # e.g. MiLaN's feature cache (before the restore)
     run.restore(resume, say_if_none)
+    if chief and not run.last_good:  # a run that starts: its config as TensorBoard hparams
+        tb_logging.write_hparams(cfg)
     log(f"strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s)")
     return run
 
 
+# --overwrite: the earlier run is set aside, not deleted, until this run checkpoints its first
+# epoch (run_guard.checkpoint_written in _end_epoch); put back if train() raises before (run_guard)
+@run_guard.guards_overwrite
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
           max_epochs: int | None = None, show_progress: bool = True,
           log: Callable[[str], None] = _print, say_if_nothing_to_resume: bool = True
@@ -334,6 +422,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         raise
     finally:
         writer.close()
+        run.remove_scratch()
     return _export(run)
 
 
@@ -348,7 +437,7 @@ def _train_epoch(run: _Run, writer, epoch: int, show_progress: bool) -> None:
     if skip:
         ds = ds.skip(skip)
     if run.distributed:
-        ds = run.strategy.experimental_distribute_dataset(ds)
+        ds = run.strategy.experimental_distribute_dataset(shard_by_data(ds))
     run.epoch_start_iter = _iterations(run.optimizer) - skip
     done = skip
     bar = tqdm(total=run.n_batches, initial=skip, desc=f"epoch {epoch + 1}/{cfg.nb_epoch}",
@@ -401,9 +490,12 @@ def _end_epoch(run: _Run, writer, epoch: int, last: bool) -> None:
     run.partial.assign("")
     run.epoch_start_iter = None
     run.time_s.assign(run.elapsed())
-    if last or time.perf_counter() - run.last_save_s >= run.model.checkpoint_every_s:
+    # multi-worker: every epoch (each worker's clock differs; all must take part in a save)
+    every = 0.0 if run.cfg.strategy == "multi_worker" else run.model.checkpoint_every_s
+    if last or time.perf_counter() - run.last_save_s >= every:
         run.pending.assign(json.dumps(run.means))
         run.save()
+        run_guard.checkpoint_written()  # --overwrite: the set-aside earlier run is deleted now
     _report_epoch(run, writer, epoch + 1)
 
 
@@ -544,7 +636,7 @@ def _export(run: _Run) -> RunResult:
                                                    history=state["history"],
                                                    selected_epoch=selected))
     return RunResult(cfg, done, completed, float(run.time_s), run.means, run.val,
-                     feature_path, dump_path, run.model, run.optimizer, total)
+                     feature_path, dump_path, run.model, run.optimizer, total, run.chief)
 
 
 def _previous_final_metrics(path: Path) -> dict[str, float]:
@@ -568,7 +660,9 @@ def summary_lines(result: RunResult) -> list[str]:
             f"{k} {v:.4f}" for k, v in result.val_metrics.items()))
     lines.append(f"  checkpoints: {cfg.checkpoint_dir}")
     lines.append(f"  TensorBoard: tensorboard --logdir {cfg.summaries_dir}")
-    if result.completed:
+    if result.completed and not result.chief:
+        lines.append("  outputs are written by the chief worker")
+    elif result.completed:
         lines.append(f"  feature model: {result.feature_model_path}")
         lines.append(f"  config: {result.config_dump_path}")
     else:

@@ -34,6 +34,7 @@ import numpy as np
 from bigearthnet_common import constants as ben_constants
 
 from archives import registry
+from archives.prep_cli import locks_output
 from archives.report import PrepError
 
 INFO = registry.BEN  # the archive's facts live in its light description
@@ -49,7 +50,7 @@ TRAIN_CROP = INFO.train_crop
 BAND_NAMES = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 BAND_SIZES = {"B01": 20, "B02": 120, "B03": 120, "B04": 120, "B05": 60, "B06": 60, "B07": 60,
               "B08": 120, "B8A": 60, "B09": 20, "B11": 60, "B12": 60}
-BAND_STATS = registry.BEN_BAND_STATS  # per-band mean / std of raw reflectance (SPEC 1)
+BAND_STATS = registry.BEN_BAND_STATS  # per-band mean / std of raw reflectance (the published values)
 MODEL_BANDS = INFO.channel_names
 HIGH_RES_BANDS = MODEL_BANDS[:4]  # 10 m bands, then the 20 m ones resized to 120 x 120
 LOW_RES_BANDS = MODEL_BANDS[4:]
@@ -195,6 +196,23 @@ def read_patch_worker(args: tuple) -> tuple[str, dict | None, str | None]:
 
 # ---------------------------------------------------------------- splits
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` (a patch name from a split CSV or a metadata parquet) cannot be used as one
+    folder name under the archive root, or None: it must be non-empty and hold no path
+    separator (``/`` or ``\\``), no ``..`` and no NUL, so that the folder it names stays under
+    the root. (Symbolic links inside the root are followed: a root assembled from links works.)"""
+    if not name or name == ".":
+        return "empty or '.'"
+    if "/" in name or "\\" in name:
+        return "holds a path separator"
+    if "\0" in name:
+        return "holds a NUL character"
+    if ".." in name:
+        return "holds '..'"
+    return None
+
+
+
 def read_split_csv(path: str | os.PathLike) -> list[str]:
     """Patch names of a split file (first field of each non-empty line, file order kept).
 
@@ -241,7 +259,7 @@ def official_splits(root: str | os.PathLike) -> tuple[dict[str, list[str]], dict
 # ---------------------------------------------------------------- label noise
 
 def inject_noise(clean: np.ndarray, percent: int, rng: np.random.Generator) -> np.ndarray:
-    """Noisy copy of clean multi-hot labels (N, C) float32, SPEC section 2 for BEN.
+    """Noisy copy of clean multi-hot labels (N, C) float32: BigEarthNet's rule (docs/data.md).
 
     ``archives.noise.pick_count`` (percent % of the positive (patch, class) pairs, rounded
     down as published) pairs are picked uniformly without replacement; each picked class is set to 0 and one
@@ -372,13 +390,21 @@ def parse_records(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
     ``compact_dtypes=True`` (the input pipeline's option, to halve its shuffle buffer) yields
     ``image`` as uint16: the bicubic values rounded and clipped to 0..65535.
     """
-    from archives.common import example_keys, records_dataset
+    from archives.common import records_dataset
 
-    def parser_for(path):
+    return records_dataset(paths, record_parser(compact_dtypes=compact_dtypes))
+
+
+def record_parser(*, compact_dtypes: bool = False):
+    """How ``parse_records`` parses a file (common.RecordParser; the input pipeline uses it to
+    parse after shuffling the serialized records)."""
+    from archives.common import RecordParser, example_keys
+
+    def form_of(path):
         keys = example_keys(path)  # one read of the first record per file
-        return _parser(schema_of(path, keys), NOISY_LABEL_KEY in keys, compact_dtypes)
+        return schema_of(path, keys), NOISY_LABEL_KEY in keys
 
-    return records_dataset(paths, parser_for)
+    return RecordParser(form_of=form_of, parser=lambda form: _parser(*form, compact_dtypes))
 
 
 # ---------------------------------------------------------------- raw archive -> TFRecords
@@ -416,10 +442,13 @@ def resolve_splits(root: Path, csvs: dict, skip_invalid: bool, skipped: list) ->
         names = read_split_csv(given[split])
         kept = []
         for name in names:
-            if (root / name).is_dir():
+            problem = name_problem(name)
+            if problem is None and (root / name).is_dir():
                 kept.append(name)
                 continue
-            msg = f"{given[split]}: patch {name} is not under {root}"
+            msg = (f"{given[split]}: patch {name!r} is not a folder name ({problem}); names "
+                   "must not leave the root" if problem else
+                   f"{given[split]}: patch {name} is not under {root}")
             skip_or_raise(InvalidPatch(msg), skip_invalid, skipped, root / name, msg)
         splits[split], absent[split] = kept, len(names) - len(kept)
     seen: dict[str, str] = {}
@@ -432,12 +461,30 @@ def resolve_splits(root: Path, csvs: dict, skip_invalid: bool, skipped: list) ->
     return splits, absent
 
 
+RECORD_BYTES = 164_600  # a compact record (shard sizes are planned with it)
+
+
+def encode_shard_item(item: tuple) -> tuple[str, bytes, None]:
+    """Shard-writer entry (archives.shards): (root, patch, schema, 19-class names, clean
+    multi-hot) -> (patch, clean record, no extras); InvalidPatch for a bad patch."""
+    root, patch, schema, labels19, clean = item
+    bands = read_patch_bands(root, patch, schema)
+    return patch, encode_examples(patch, bands, labels19, clean, [clean], schema)[0], None
+
+
+@locks_output
 def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = NOISE_LEVELS,
             seed: int = 42, schema: str = "compact", workers: int = 1,
-            skip_invalid: bool = False, progress: bool = True):
-    """Raw BEN archive -> ``<out>/TFRecord/{train,val,test}.tfrecord`` and
-    ``train_noise_prcnt<N>.tfrecord``; returns the ``archives.report.PrepReport`` (also saved
-    as REPORT_NAME there).
+            skip_invalid: bool = False, progress: bool = True, layout: str | None = None,
+            shard_size: str | None = None, shard: str | None = None):
+    """Raw BEN archive -> records under ``<out>/TFRecord/``; returns the
+    ``archives.report.PrepReport`` (also saved as REPORT_NAME there).
+
+    ``layout`` "shards" (default for the compact schema; docs/full-scale.md): each split as
+    shards of ``shard_size`` in a seeded random order, one ``train_noise_prcnt<N>.overlay.npz``
+    per level; ``shard`` "K/N" writes task K's part of them (a SLURM array). "files" (the only
+    layout of the published schema): ``{train,val,test}.tfrecord`` in name order and a full
+    ``train_noise_prcnt<N>.tfrecord`` per level.
 
     csvs: {"train"|"val"|"test": path or None}. Invalid items stop the run with InvalidPatch
     (ValueError) naming the file, or with ``skip_invalid`` are warned about, skipped and listed.
@@ -452,9 +499,12 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
     from archives.records_meta import write_meta
     from archives.report import PrepReport
 
+    from archives import shards
+
     start = time.time()
     if schema not in SCHEMAS:
         raise ValueError(f"schema must be one of {SCHEMAS}, not {schema!r}")
+    layout = shards.check_layout(layout, schema, shard)
     levels = check_levels(noise_levels)
     root, tf_dir = Path(root), Path(out) / "TFRecord"
     check_writable(tf_dir)
@@ -490,6 +540,16 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
 
         clean_train = np.stack([multi_hot(labels[p]) for p in splits["train"]])
         noisy = {n: inject_noise(clean_train, n, np.random.default_rng([seed, n])) for n in levels}
+        if layout == "shards":  # the shard writers are processes of their own
+            if pool:
+                pool.shutdown()
+            pool = None
+            return _prepare_shards(root, tf_dir, splits, labels, clean_train, noisy, levels,
+                                   seed=seed, schema=schema, workers=workers,
+                                   skip_invalid=skip_invalid, progress=progress,
+                                   shard_size=shard_size, shard=shard, start=start,
+                                   skipped=skipped, absent=absent, no_target=no_target,
+                                   csvs=csvs)
 
         def encode(split, row, result):
             patch, bands, err = result
@@ -509,15 +569,26 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
         if pool:
             pool.shutdown(cancel_futures=True)
 
-    if no_target:
-        warnings.warn(f"{no_target} patch(es) have no label in the 19-class nomenclature (all "
-                      "their CORINE classes were dropped): their multi-hot is all zero; "
-                      "see patches_without_19_class_label in the report", stacklevel=2)
     rows = np.array(written_rows, int)
     report = PrepReport(dataset=NAME, out_dir=str(tf_dir), schema=schema, seed=seed,
                         noise_levels=levels, records=records, skipped=skipped)
-    report.noise = {n: PrepReport.noise_entry(**noise_counts(clean_train[rows], noisy[n][rows]))
-                    for n in levels}
+    _finish_report(report, root, csvs, absent, no_target, clean_train[rows],
+                   {n: noisy[n][rows] for n in levels}, start)
+    write_meta(tf_dir, INFO, report)
+    return report
+
+
+def _finish_report(report, root, csvs, absent, no_target, clean, noisy: dict, start) -> None:
+    """The realised noise, split source and counts; saves the report."""
+    import time
+
+    from archives.report import PrepReport
+
+    if no_target:
+        warnings.warn(f"{no_target} patch(es) have no label in the 19-class nomenclature (all "
+                      "their CORINE classes were dropped): their multi-hot is all zero; "
+                      "see patches_without_19_class_label in the report", stacklevel=3)
+    report.noise = {n: PrepReport.noise_entry(**noise_counts(clean, noisy[n])) for n in noisy}
     report.extra.update(
         root=str(root),
         split_source="csv" if any(csvs.values()) else "bigearthnet-common official lists "
@@ -525,6 +596,35 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
         listed_but_absent=absent,
         patches_without_19_class_label=no_target)
     report.time_s = round(time.time() - start, 3)
-    report.save(tf_dir / REPORT_NAME)
-    write_meta(tf_dir, INFO, report)
+    report.save(Path(report.out_dir) / REPORT_NAME)
+
+
+def _prepare_shards(root, tf_dir, splits, labels, clean_train, noisy, levels, *, seed, schema,
+                    workers, skip_invalid, progress, shard_size, shard, start, skipped, absent,
+                    no_target, csvs):
+    """The shards layout of ``prepare``: clean shards in record order, noise as overlays."""
+    from archives import shards
+    from archives.records_meta import write_meta
+    from archives.report import PrepReport
+
+    items = {split: [(str(root), p, schema, labels[p],
+                      clean_train[i] if split == "train" else multi_hot(labels[p]))
+                     for i, p in enumerate(splits[split])] for split in SPLITS}
+    results = shards.run(tf_dir, items, encode=encode_shard_item, seed=seed,
+                         per_shard=shards.records_per_shard(shard_size or
+                                                            shards.DEFAULT_SHARD_SIZE,
+                                                            RECORD_BYTES),
+                         workers=workers, select=shards.parse_select(shard),
+                         skip_invalid=skip_invalid, progress=progress)
+    report = PrepReport(dataset=NAME, out_dir=str(tf_dir), schema=schema, seed=seed,
+                        noise_levels=levels, skipped=list(skipped))
+    if results is None:
+        return shards.task_report(report, shard, start)
+    split_meta, overlays = shards.finish(
+        tf_dir, INFO, report, results, levels, seed,
+        lambda n, rows: {"noisy_label": noisy[n][rows]})
+    rows = shards.global_rows(results, "train")
+    _finish_report(report, root, csvs, absent, no_target, clean_train[rows],
+                   {n: noisy[n][rows] for n in levels}, start)
+    write_meta(tf_dir, INFO, report, splits=split_meta, overlays=overlays)
     return report

@@ -53,6 +53,7 @@ import numpy as np
 from archives import ben, benv2_noise, registry
 from archives import benv2_layout as v2
 from archives.ben import InvalidPatch
+from archives.prep_cli import locks_output
 
 NAME = "BENv2"
 CLASS_NAMES = ben.CLASS_NAMES
@@ -256,16 +257,24 @@ def parse_records(paths, *, bands: str = "s2", noise_rule: str = "pairs",
     ``compact_dtypes=True`` (the input pipeline's option) yields maps as int8 and, for "s2",
     ``image`` as uint16 (bicubic values rounded, clipped); "s1"/"s1s2" images stay float32.
     """
-    from archives.common import example_keys, records_dataset
+    from archives.common import records_dataset
+
+    return records_dataset(paths, record_parser(bands=bands, noise_rule=noise_rule,
+                                                compact_dtypes=compact_dtypes))
+
+
+def record_parser(*, bands: str = "s2", noise_rule: str = "pairs", compact_dtypes: bool = False):
+    """How ``parse_records`` parses a file (common.RecordParser): the S1 storage per file, and
+    the noise rule's overlay labels (``noisy_label`` or ``map_noisy_label``)."""
+    from archives.common import RecordParser, example_keys
 
     band_names(bands)
     if noise_rule not in NOISE_RULES:
         raise ValueError(f"noise rule must be one of {NOISE_RULES}, not {noise_rule!r}")
-
-    def parser_for(path):
-        return _parser(s1_storage_of(path, example_keys(path)), bands, noise_rule, compact_dtypes)
-
-    return records_dataset(paths, parser_for)
+    return RecordParser(
+        form_of=lambda path: s1_storage_of(path, example_keys(path)),
+        parser=lambda storage: _parser(storage, bands, noise_rule, compact_dtypes),
+        overlay_label=NOISY_LABEL_KEY if noise_rule == "pairs" else MAP_NOISY_LABEL_KEY)
 
 
 # ---------------------------------------------------------------- v2 root -> TFRecords
@@ -293,11 +302,39 @@ def resolve_splits(layout: v2.Layout, csvs: dict, skip_invalid: bool, skipped: l
     return meta, splits, via_v1, source
 
 
+RECORD_BYTES = {"int16": 247_177, "float16": 247_181, "float32": 304_781}
+
+
+def encode_shard_item(item: tuple) -> tuple[str, bytes, dict]:
+    """Shard-writer entry (archives.shards): (root, patch, s1_name, storage, clean multi-hot,
+    map-rule picks per level or None) -> (patch, clean record, extras: per level the map rule's
+    multi-hot ``map_noisy_<N>`` and changed pairs ``changed_<N>``; ``unlabelled`` pixels)."""
+    root, patch, s1_name, storage, clean, picks = item
+    _, data, err = read_patch_worker((root, patch, s1_name, storage))
+    if err:
+        raise InvalidPatch(err)
+    extras = {"unlabelled": int((data["map"] < 0).sum())}
+    for n, p in (picks or {}).items():
+        noisy_map, changed = benv2_noise.apply_picks(data["map"], p)
+        extras[f"map_noisy_{n}"] = benv2_noise.noisy_multi_hot(clean, noisy_map).astype(np.uint8)
+        extras[f"changed_{n}"] = changed
+    raw = encode_examples(patch, data, clean, [(clean, clean, None)])[0]
+    return patch, raw, extras
+
+
+@locks_output
 def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = NOISE_LEVELS,
             seed: int = 42, s1_storage: str = S1_STORAGE, workers: int = 1,
-            skip_invalid: bool = False, progress: bool = True):
-    """v2 root -> ``<out>/TFRecord/{train,val,test}.tfrecord`` and ``train_noise_prcnt<N>.tfrecord``
-    (schema above); returns the ``archives.report.PrepReport`` (also saved as REPORT_NAME).
+            skip_invalid: bool = False, progress: bool = True, layout: str | None = None,
+            shard_size: str | None = None, shard: str | None = None):
+    """v2 root -> records under ``<out>/TFRecord/`` (schema above); returns the
+    ``archives.report.PrepReport`` (also saved as REPORT_NAME).
+
+    ``layout`` "shards" (default; docs/full-scale.md): each split as shards of ``shard_size``
+    in a seeded random order, one ``train_noise_prcnt<N>.overlay.npz`` per level holding both
+    rules' labels and the map remap; ``shard`` "K/N" writes task K's part (a SLURM array).
+    "files": ``{train,val,test}.tfrecord`` in name order and a full
+    ``train_noise_prcnt<N>.tfrecord`` per level.
 
     ``report.noise`` holds the realised pair-rule noise (as for v1), ``report.extra["map_noise"]``
     the map rule's. Invalid items stop the run with a ValueError naming the file, or with
@@ -308,8 +345,11 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
     from archives.records_meta import write_meta
     from archives.report import PrepReport
 
+    from archives import shards
+
     start = time.time()
     _check_storage(s1_storage)
+    record_layout = shards.check_layout(layout, "compact", shard)
     levels = check_levels(noise_levels)
     layout = v2.Layout.at(root)
     if v2.detect_layout(root) != "v2":
@@ -329,6 +369,8 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
     map_picks = {n: benv2_noise.picks_per_patch(benv2_noise.plan_map_noise(
         clean_train, n, np.random.default_rng([seed, n, 2])), len(clean_train)) for n in levels}
     map_stats = {n: dict(pairs_changed=0, images_changed=0) for n in levels}
+    if record_layout == "shards":
+        return _prepare_shards(**locals())
 
     pool = worker_pool(workers)
     window = max(64, 64 * workers)
@@ -363,13 +405,26 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
             pool.shutdown(cancel_futures=True)
 
     rows = np.array(written_rows, int)
+    report = PrepReport(dataset=NAME, out_dir=str(tf_dir), schema="compact", seed=seed,
+                        noise_levels=levels, records=records, skipped=skipped)
+    _finish_report(report, layout, csvs, meta, via_v1, labels, splits, clean_train, rows,
+                   pair_noisy, map_picks, map_stats, px, s1_storage, start)
+    # every record holds all 12 channels (S2 + S1): the metadata names the full band set
+    write_meta(tf_dir, registry.BENV2.with_bands("s1s2"), report, band_set="s1s2")
+    return report
+
+
+def _finish_report(report, layout, csvs, meta, via_v1, labels, splits, clean_train, rows,
+                   pair_noisy, map_picks, map_stats, px, s1_storage, start) -> None:
+    """Realised noise of both rules, the v2 counts; saves the report."""
+    from archives.report import PrepReport
+
+    levels = report.noise_levels
     kept = clean_train[rows]
     no_target = sum(not labels[p].any() for s in SPLITS for p in splits[s])
     if no_target:
         warnings.warn(f"{no_target} patch(es) have no 19-class label in {layout.metadata}: their "
                       "multi-hot is all zero", stacklevel=2)
-    report = PrepReport(dataset=NAME, out_dir=str(tf_dir), schema="compact", seed=seed,
-                        noise_levels=levels, records=records, skipped=skipped)
     report.noise = {n: PrepReport.noise_entry(**ben.noise_counts(kept, pair_noisy[n][rows]))
                     for n in levels}
     report.extra.update(
@@ -389,9 +444,53 @@ def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = N
         unlabelled_pixel_share=px["unlabelled"] / px["total"] if px["total"] else 0.0,
         patches_without_19_class_label=int(no_target))
     report.time_s = round(time.time() - start, 3)
-    report.save(tf_dir / REPORT_NAME)
-    # every record holds all 12 channels (S2 + S1): the metadata names the full band set
-    write_meta(tf_dir, registry.BENV2.with_bands("s1s2"), report, band_set="s1s2")
+    report.save(Path(report.out_dir) / REPORT_NAME)
+
+
+def _prepare_shards(*, layout, tf_dir, splits, labels, s1_names, s1_storage, seed,
+                    levels, clean_train, pair_noisy, map_picks, map_stats, workers, skip_invalid,
+                    progress, shard_size, shard, start, skipped, csvs, meta, via_v1, **_):
+    """The shards layout of ``prepare``: clean shards in record order, noise as overlays
+    (both rules' labels and the map remap, from the picks planned on the labels)."""
+    from archives import overlay, shards
+    from archives.records_meta import write_meta
+    from archives.report import PrepReport
+
+    items = {split: [(str(layout.root), p, s1_names[p], s1_storage, labels[p],
+                      {n: map_picks[n][i] for n in levels} if split == "train" else None)
+                     for i, p in enumerate(splits[split])] for split in SPLITS}
+    results = shards.run(tf_dir, items, encode=encode_shard_item, seed=seed,
+                         per_shard=shards.records_per_shard(
+                             shard_size or shards.DEFAULT_SHARD_SIZE, RECORD_BYTES[s1_storage]),
+                         workers=workers, select=shards.parse_select(shard),
+                         skip_invalid=skip_invalid, progress=progress)
+    report = PrepReport(dataset=NAME, out_dir=str(tf_dir), schema="compact", seed=seed,
+                        noise_levels=levels, skipped=list(skipped))
+    if results is None:
+        return shards.task_report(report, shard, start)
+    rows = shards.global_rows(results, "train")
+
+    def arrays(n, rows):
+        return {"noisy_label": pair_noisy[n][rows],
+                "map_noisy_label": shards.global_extra(results, "train", f"map_noisy_{n}"),
+                "map_lut": np.stack([overlay.lut_from_picks(map_picks[n][r], NB_CLASS)
+                                     for r in rows])}
+
+    split_meta, overlays = shards.finish(tf_dir, registry.BENV2, report, results, levels, seed,
+                                         arrays)
+    for n in levels:
+        changed = shards.global_extra(results, "train", f"map_noisy_{n}")
+        map_stats[n]["pairs_changed"] = int(shards.global_extra(results, "train",
+                                                                 f"changed_{n}").sum())
+        map_stats[n]["images_changed"] = int((changed != (clean_train[rows] > 0.5)).any(
+            axis=1).sum())
+    unlabelled = sum(int(shards.global_extra(results, s, "unlabelled").sum()) for s in SPLITS)
+    total_px = sum(report.records[s] for s in SPLITS) * PATCH_SIZE * PATCH_SIZE
+    _finish_report(report, layout, csvs, meta, via_v1, labels, splits, clean_train, rows,
+                   pair_noisy, map_picks, map_stats, {"unlabelled": unlabelled, "total": total_px},
+                   s1_storage, start)
+    write_meta(tf_dir, registry.BENV2.with_bands("s1s2"), report, band_set="s1s2",
+               splits=split_meta, overlays=overlays)
     return report
 
 

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from archives.prep_cli import lock_output_folder
 from atomic_files import WriteError, atomic_path, remove_stale_temps
 
 
@@ -93,35 +96,120 @@ def atomic_tfrecord_writer(path: str | os.PathLike) -> Iterator[_NamedWriter]:
         writer.close()
 
 
-def records_dataset(paths, parser_for: Callable[[str], Callable]) -> tf.data.Dataset:
-    """TFRecord files in the given order, each mapped with ``parser_for(path)``, concatenated.
+@dataclass(frozen=True)
+class RecordParser:
+    """How an archive parses its records: ``form_of(path)`` tells a file's schema form apart
+    from its first record (ValueError naming the file for a foreign file); ``parser(form)``
+    gives ``parse(raw) -> dict``; ``overlay_label`` is the overlay array that becomes
+    ``noisy_label`` (archives.overlay)."""
 
-    ``paths``: one path or a sequence of them; ValueError when none is given. ``parser_for`` is
-    called once per file (before any reading), so it can tell the file's schema form apart.
+    form_of: Callable[[str], Hashable]
+    parser: Callable[[Hashable], Callable]
+    overlay_label: str = "noisy_label"
+
+
+def file_forms(files: Sequence[str], reader: RecordParser) -> tuple[list, list[int]]:
+    """(the distinct forms, each file's form id); reads the first record of every file."""
+    forms, ids = [], []
+    for f in files:
+        form = reader.form_of(f)
+        if form not in forms:
+            forms.append(form)
+        ids.append(forms.index(form))
+    return forms, ids
+
+
+def parse_by_form(forms: list, reader: RecordParser) -> Callable:
+    """parse(form id, raw) for files of one or several forms (a switch over their parsers)."""
+    parsers = [reader.parser(f) for f in forms]
+    if len(parsers) == 1:
+        return lambda form_id, raw: parsers[0](raw)
+    return lambda form_id, raw: tf.switch_case(
+        tf.cast(form_id, tf.int32), [lambda p=p: p(raw) for p in parsers])
+
+
+def indexed_records(files: Sequence[str], offsets: Sequence[int], form_ids: Sequence[int],
+                    cycle: int = 1) -> tf.data.Dataset:
+    """(global index, form id, serialized record) of the files in the given order; ``cycle`` > 1
+    reads that many files at once, in parallel, taking one record from each in turn."""
+    def one(path, offset, form_id):
+        return tf.data.TFRecordDataset(path, buffer_size=1 << 22).enumerate().map(
+            lambda i, raw: (offset + i, form_id, raw))
+
+    files_ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(list(files), tf.string), tf.constant(list(offsets), tf.int64),
+         tf.constant(list(form_ids), tf.int64)))
+    if cycle <= 1:
+        return files_ds.flat_map(one)
+    return files_ds.interleave(one, cycle_length=cycle, block_length=1,
+                               num_parallel_calls=cycle, deterministic=True)
+
+
+def file_offsets(counts: Sequence[int]) -> list[int]:
+    """Global index of each file's first record."""
+    return [int(x) for x in np.concatenate([[0], np.cumsum(counts)[:-1]])] if len(counts) else []
+
+
+def records_dataset(paths, reader: RecordParser | Callable[[str], Callable]) -> tf.data.Dataset:
+    """Parsed records of the files ``paths`` stands for (archives.record_files: files, globs,
+    a sharded split's name), in file order, with the noise overlay in ``paths`` joined.
+
+    ``reader``: the archive's RecordParser (or a plain ``parser_for(path)``). Every file's form is
+    read before any record, so a foreign file raises its ValueError at once. ValueError when no
+    path is given.
     """
+    from archives import overlay as ov
+    from archives.record_files import RecordFilesError, counts_of, resolve
+
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    paths = [str(p) for p in paths]
-    if not paths:
+    if not list(paths):
         raise ValueError("parse_records: no TFRecord paths given")
-    parts = [tf.data.TFRecordDataset(p).map(parser_for(p), num_parallel_calls=tf.data.AUTOTUNE,
-                                            deterministic=True) for p in paths]
-    ds = parts[0]
-    for part in parts[1:]:
-        ds = ds.concatenate(part)
-    return ds
+    try:
+        res = resolve(paths)
+    except RecordFilesError as err:
+        raise ValueError(str(err)) from None
+    if not isinstance(reader, RecordParser):
+        reader = RecordParser(form_of=lambda p: p, parser=reader)
+    forms, ids = file_forms(res.files, reader)
+    parse = parse_by_form(forms, reader)
+    table = None
+    if res.overlay:
+        table = overlay_table(res, reader)
+        offsets = file_offsets(counts_of(res))
+    else:
+        offsets = [0] * len(res.files)  # the index is not needed without an overlay
+
+    def one(index, form_id, raw):
+        ex = parse(form_id, raw)
+        return ov.apply(ex, index, table) if table is not None else ex
+
+    return indexed_records(res.files, offsets, ids).map(
+        one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def overlay_table(res, reader: RecordParser) -> dict:
+    """The overlay of ``res`` (record_files.Resolved) checked against its records, as tensors."""
+    from archives import overlay as ov
+    from archives.record_files import counts_of
+
+    overlay = ov.load_overlay(res.overlay)
+    ov.check_matches(overlay, counts_of(res), ov.overlay_digest_for(res.files), res.files)
+    return ov.tensors(overlay, reader.overlay_label)
 
 
 def check_writable(folder: str | os.PathLike) -> None:
-    """Create ``folder`` and probe it with a tiny file; ValueError naming it when it cannot be written."""
+    """Create ``folder`` and probe it with a tiny file; ValueError naming it when it cannot be
+    written. Inside a prep function (``prep_cli.locks_output``) the folder is locked from here
+    on (``locks.LockHeld`` naming the holder when another prep writes there)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=folder):  # an unpredictable, exclusive name
+            pass
     except OSError as err:
         raise ValueError(f"{folder}: output folder cannot be written ({err.strerror or err})") from err
+    lock_output_folder(folder)
     for path in remove_stale_temps(folder):
         warnings.warn(f"removed {path}, left by an interrupted earlier run", stacklevel=2)
 
@@ -140,12 +228,12 @@ def worker_pool(workers: int):
     alone reports it, once), or None for one worker."""
     if workers <= 1:
         return None
-    import signal
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    from archives.prep_cli import init_worker  # a module without TensorFlow: see there
+
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker)
 
 
 def ordered_map(pool, fn, items: list, window: int):

@@ -41,8 +41,9 @@ import tensorflow as tf
 from PIL import Image
 
 from archives import registry
-from archives.common import (atomic_tfrecord_writer, bytes_feature, check_writable, example_keys,
+from archives.common import (RecordParser, atomic_tfrecord_writer, bytes_feature, check_writable, example_keys,
                              float_feature, records_dataset, skip_or_raise)
+from archives.prep_cli import locks_output
 from archives.report import PrepError
 
 INFO = registry.DLRSD  # the archive's facts live in its light description
@@ -361,7 +362,13 @@ def parse_records(paths, *, compact_dtypes: bool = False) -> tf.data.Dataset:
     ``compact_dtypes=True`` (used by the input pipeline to keep its shuffle buffer small) yields
     ``image`` uint8 (published-form values rounded) and maps int8 instead of float32 / int32.
     """
-    return records_dataset(paths, lambda p: _parse_fn(record_form(p), compact_dtypes))
+    return records_dataset(paths, record_parser(compact_dtypes=compact_dtypes))
+
+
+def record_parser(*, compact_dtypes: bool = False) -> RecordParser:
+    """How ``parse_records`` parses a file (used by the input pipeline, which shuffles the
+    serialized records before parsing them)."""
+    return RecordParser(form_of=record_form, parser=lambda form: _parse_fn(form, compact_dtypes))
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -391,15 +398,58 @@ def _try_load(it: Item, label_table: dict | None, ml_path):
         return None, e
 
 
+RECORD_BYTES = 328_000  # a compact record (shard sizes are planned with it)
+
+
+def encode_shard_item(item: tuple) -> tuple[str, bytes, None]:
+    """Shard-writer entry (archives.shards): (image path, map path, stem, clean label, schema)
+    -> (stem, clean record, no extras)."""
+    image_path, map_path, stem, label, schema = item
+    image, _ = read_image(Path(image_path))
+    seg, _, _ = read_map(Path(map_path))
+    return stem, encode_example(image, seg, seg, label, label, stem, schema), None
+
+
+def _scene_loads(items, pool, label_table, ml_path, bar, skip_invalid: bool, skipped: list,
+                 tally: dict):
+    """(scene, [(item, image, map, clean label), ...]) per class folder, in item order whatever
+    the pool; bad items skipped or raised; palette misses, resized files and label/map
+    disagreements counted in ``tally``."""
+    for scene, scene_items in itertools.groupby(items, key=lambda i: i.scene):
+        scene_items, out = list(scene_items), []
+        args = (scene_items, itertools.repeat(label_table), itertools.repeat(ml_path))
+        loads = pool.map(_try_load, *args) if pool else map(_try_load, *args)
+        for it, (loaded, e) in zip(scene_items, loads):
+            bar.update(1)
+            if e is not None:
+                skip_or_raise(e, skip_invalid, skipped, e.item, e.reason)
+                continue
+            image, seg, label, miss, r1, r2 = loaded
+            tally["resized"] += r1 + r2
+            if miss:
+                tally["misses"][str(it.map_path)] = miss
+            tally["disagree"] += bool(np.any(classes_present(seg) != label))
+            out.append((it, image, seg, label))
+        yield scene, out
+
+
+@locks_output
 def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = NOISE_LEVELS,
             seed: int = 42, schema: str = "compact", multi_labels=None, skip_invalid: bool = False,
-            progress: bool = True, workers: int = 1):
-    """Write ``<out>/TFRecord/{train,val,test}.tfrecord`` and ``train_noise_prcnt<N>.tfrecord``.
+            progress: bool = True, workers: int = 1, layout: str | None = None,
+            shard_size: str | None = None, shard: str | None = None):
+    """Write the records under ``<out>/TFRecord/``.
+
+    ``layout`` "shards" (default for the compact schema; docs/full-scale.md): each split as
+    shards of ``shard_size`` in a seeded random order and one
+    ``train_noise_prcnt<N>.overlay.npz`` per level (noisy labels and map remaps); "files" (the
+    only layout of the published schema): ``{train,val,test}.tfrecord`` in name order and a
+    full ``train_noise_prcnt<N>.tfrecord`` per level. The noise is the same in both.
 
     ``multi_labels``: path to the multi-label file; None looks for ``multi-labels.xlsx`` in the
     DLRSD root and otherwise takes the classes present in each pixel map. ``workers``: threads
-    decoding the images and maps (the records are the same for any number). Returns the
-    PrepReport (also saved as ``<out>/TFRecord/prep_report.json``).
+    decoding the images and maps (processes writing shards); the records are the same for any
+    number. Returns the PrepReport (also saved as ``<out>/TFRecord/prep_report.json``).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -412,8 +462,11 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
     t0 = time.time()
     if workers < 1:
         raise PrepError(f"--workers: must be >= 1, got {workers}")
+    from archives import shards
+
     levels = check_levels(noise_levels)
     _check_schema(schema)
+    layout = shards.check_layout(layout, schema, shard)
     out_dir = Path(out_folder) / "TFRecord"
     check_writable(out_dir)
     report = PrepReport(dataset=NAME, out_dir=str(out_dir), schema=schema, seed=seed,
@@ -429,32 +482,27 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
             raise ValueError(f"{ucm_root}: split '{s}' would be empty ({len(items)} paired images; "
                              f"the split rule needs at least 5 images in a class folder)")
 
+    if layout == "shards":
+        return _prepare_shards(items, out_dir, report, levels, seed=seed, schema=schema,
+                               label_table=label_table, ml_path=ml_path, skipped=skipped,
+                               skip_invalid=skip_invalid, progress=progress, workers=workers,
+                               shard_size=shard_size, shard=shard, t0=t0)
     names = {s: out_dir / f"{s}.tfrecord" for s in SPLITS}
     names |= {n: out_dir / f"train_noise_prcnt{n}.tfrecord" for n in levels}
     stats = {n: dict(pairs_total=0, pairs_picked=0, pairs_changed=0, images_total=0,
                      images_changed=0) for n in levels}
     written = {k: 0 for k in names}
-    misses, resized, disagree = {}, 0, 0
+    misses = {}
     with contextlib.ExitStack() as stack:
         writers = {k: stack.enter_context(atomic_tfrecord_writer(p)) for k, p in names.items()}
         bar = stack.enter_context(tqdm(total=len(items), desc="DLRSD", unit="img", disable=not progress))
         pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
         # scan_archive lists items grouped by scene folder, in sorted order
-        for scene, scene_items in itertools.groupby(items, key=lambda i: i.scene):
+        tally = {"misses": misses, "resized": 0, "disagree": 0}
+        for scene, loaded_items in _scene_loads(items, pool, label_table, ml_path, bar,
+                                                skip_invalid, skipped, tally):
             train = []  # (stem, image, seg, label, clean bytes)
-            scene_items = list(scene_items)
-            args = (scene_items, itertools.repeat(label_table), itertools.repeat(ml_path))
-            loads = pool.map(_try_load, *args) if pool else map(_try_load, *args)
-            for it, (loaded, e) in zip(scene_items, loads):  # in item order, whatever the pool
-                bar.update(1)
-                if e is not None:
-                    skip_or_raise(e, skip_invalid, skipped, e.item, e.reason)
-                    continue
-                image, seg, label, miss, r1, r2 = loaded
-                resized += r1 + r2
-                if miss:
-                    misses[str(it.map_path)] = miss
-                disagree += bool(np.any(classes_present(seg) != label))
+            for it, image, seg, label in loaded_items:
                 raw = encode_example(image, seg, seg, label, label, it.stem, schema)
                 writers[it.split].write(raw)
                 written[it.split] += 1
@@ -482,8 +530,81 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
     report.skipped = skipped
     report.palette_misses = {"pixels": int(sum(misses.values())), "maps": len(misses),
                              "per_map": dict(sorted(misses.items()))}
-    report.extra.update(resized_files=int(resized), label_map_disagreements=int(disagree))
+    report.extra.update(resized_files=int(tally["resized"]),
+                        label_map_disagreements=int(tally["disagree"]))
     report.time_s = time.time() - t0
     report.save(out_dir / "prep_report.json")
     write_meta(out_dir, INFO, report)
+    return report
+
+
+def _prepare_shards(items, out_dir, report, levels, *, seed, schema, label_table, ml_path, skipped,
+                    skip_invalid, progress, workers, shard_size, shard, t0):
+    """The shards layout of ``prepare``: the noise is drawn per class folder exactly as for the
+    files layout (the maps are read once for it), then the clean records are written as shards
+    by worker processes and each level's noisy labels and map remaps as an overlay."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from archives import overlay, shards
+    from archives.noise import inject_map_noise
+    from archives.records_meta import write_meta
+    from archives.report import PrepReport
+
+    kept = {s: [] for s in SPLITS}  # (item, label) in name order
+    noisy = {n: {} for n in levels}  # level -> stem -> (noisy label, lut)
+    stats = {n: dict(pairs_total=0, pairs_picked=0, pairs_changed=0, images_total=0,
+                     images_changed=0) for n in levels}
+    misses = {}
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=len(items), desc="DLRSD labels and noise",
+                                       unit="img", disable=not progress))
+        pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
+        tally = {"misses": misses, "resized": 0, "disagree": 0}
+        for scene, loaded_items in _scene_loads(items, pool, label_table, ml_path, bar,
+                                                skip_invalid, skipped, tally):
+            train = []
+            for it, _, seg, label in loaded_items:
+                kept[it.split].append((it, label))
+                if it.split == "train":
+                    train.append((it.stem, seg, label))
+            for n in levels:
+                maps, st = inject_map_noise([t[1] for t in train], np.array([t[2] for t in train]),
+                                            n, _level_rng(seed, n, scene), NB_CLASS)
+                for k in ("pairs_total", "pairs_picked", "pairs_changed"):
+                    stats[n][k] += st[k]
+                for (stem, seg, label), nmap in zip(train, maps):
+                    nlabel = label if nmap is None else classes_present(nmap)
+                    stats[n]["images_changed"] += bool(np.any(nlabel != label))
+                    stats[n]["images_total"] += 1
+                    noisy[n][stem] = (nlabel, overlay.lut_from_maps(seg, nmap, NB_CLASS))
+    for s in SPLITS:
+        if not kept[s]:
+            raise ValueError(f"{out_dir}: split '{s}' is empty after skipping invalid items")
+    split_items = {s: [(str(it.image_path), str(it.map_path), it.stem, label, schema)
+                       for it, label in kept[s]] for s in SPLITS}
+    results = shards.run(out_dir, split_items, encode=encode_shard_item, seed=seed,
+                         per_shard=shards.records_per_shard(shard_size or shards.DEFAULT_SHARD_SIZE,
+                                                            RECORD_BYTES),
+                         workers=workers, select=shards.parse_select(shard),
+                         skip_invalid=skip_invalid, progress=progress)
+    report.skipped = skipped
+    if results is None:
+        return shards.task_report(report, shard, t0)
+    stems = [it.stem for it, _ in kept["train"]]
+
+    def arrays(n, rows):
+        return {"noisy_label": np.stack([noisy[n][stems[r]][0] for r in rows]),
+                "map_lut": np.stack([noisy[n][stems[r]][1] for r in rows])}
+
+    split_meta, overlays = shards.finish(out_dir, INFO, report, results, levels, seed, arrays)
+    report.noise = {n: PrepReport.noise_entry(**stats[n]) for n in levels}
+    report.palette_misses = {"pixels": int(sum(misses.values())), "maps": len(misses),
+                             "per_map": dict(sorted(misses.items()))}
+    report.extra.update(resized_files=int(tally["resized"]),
+                        label_map_disagreements=int(tally["disagree"]))
+    report.time_s = time.time() - t0
+    report.save(out_dir / "prep_report.json")
+    write_meta(out_dir, INFO, report, splits=split_meta, overlays=overlays)
     return report

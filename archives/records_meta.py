@@ -23,8 +23,16 @@ class RecordsMetaError(ValueError):
     """A metadata file that cannot be read, or that disagrees with the config."""
 
 
-def meta_dict(info, report, band_set: str = "default") -> dict:
-    """The metadata of a prep run of archive ``info`` (registry.ArchiveInfo) from its report."""
+def meta_dict(info, report, band_set: str = "default", splits: dict | None = None,
+              overlays: dict | None = None) -> dict:
+    """The metadata of a prep run of archive ``info`` (registry.ArchiveInfo) from its report.
+
+    A sharded prep adds ``layout: "shards"``, ``splits`` ({split: {"shards": [file, ...],
+    "records": [count, ...], "digest": sha256 of the names in global-index order}}) and
+    ``overlays`` ({level: file}); a prep of one file per split says ``layout: "files"``."""
+    extra = {"layout": "shards", "splits": splits, "overlays": {str(k): v for k, v in
+                                                                (overlays or {}).items()}} \
+        if splits is not None else {"layout": "files"}
     return {"format": FORMAT, "archive": info.name, "classes": list(info.class_names),
             "nb_class": info.nb_class, "band_set": band_set, "bands": list(info.channel_names),
             "image_shape": list(info.image_shape), "has_pixel_maps": info.has_pixel_maps,
@@ -32,14 +40,24 @@ def meta_dict(info, report, band_set: str = "default") -> dict:
             "noise_levels": [int(n) for n in report.noise_levels],
             "statistics": {"mean": [float(v) for v in info.model_mean],
                            "std": [float(v) for v in info.model_std]},
-            "records": dict(report.records)}
+            "records": dict(report.records), **extra}
 
 
-def write_meta(folder: str | os.PathLike, info, report, band_set: str = "default") -> Path:
+def write_meta(folder: str | os.PathLike, info, report, band_set: str = "default",
+               splits: dict | None = None, overlays: dict | None = None) -> Path:
     """Write ``<folder>/records_meta.json`` atomically; returns its path."""
     path = Path(folder) / META_NAME
-    write_json_atomic(path, meta_dict(info, report, band_set))
+    write_json_atomic(path, meta_dict(info, report, band_set, splits, overlays))
     return path
+
+
+def overlay_layout(folder: str | os.PathLike) -> bool:
+    """Whether the prep in ``folder`` wrote its noise levels as overlays (a sharded prep)."""
+    try:
+        meta = read_meta(folder)
+    except RecordsMetaError:
+        return False
+    return bool(meta) and meta.get("layout") == "shards"
 
 
 def read_meta(folder: str | os.PathLike) -> dict | None:

@@ -1,4 +1,4 @@
-"""GRID model (SPEC section 3) and its compiled training / evaluation steps (SPEC section 4).
+"""GRID model and its compiled training / evaluation steps (docs/training.md).
 
 Shapes: images (B, H, W, Cin) float32 normalised; ``feature`` (B, F) pooled (BCE, RRL) or
 (B, h, w, F) map (PCE); latent mu / std / z (B, E) or (B, h, w, E).

@@ -18,6 +18,13 @@ from atomic_files import atomic_path
 CACHE_FILE = "train_features.h5"
 
 
+def all_files(paths) -> list[str]:
+    """The record files (a sharded split's shards) and the noise overlay ``paths`` stand for."""
+    from archives.record_files import all_files as expand
+
+    return expand(paths)
+
+
 def _file_id(path) -> dict:
     st = Path(path).stat()
     return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -27,7 +34,7 @@ def cache_key(cfg) -> str:
     """What the cached features depend on: backbone, weights file (or seed), records."""
     key = {"backbone": cfg.backbone, "dataset": cfg.dataset,
            "weights": _file_id(cfg.weights) if cfg.weights else {"seed": cfg.seed},
-           "records": [_file_id(p) for p in cfg.noisy_train_paths]}
+           "records": [_file_id(p) for p in all_files(cfg.noisy_train_paths)]}
     if cfg.bands is not None:  # another band set, other features (absent: keys stay as before)
         key["bands"] = cfg.archive.band_set
     return json.dumps(key, sort_keys=True)

@@ -5,8 +5,9 @@ then the chance level (share of truly corrupted training samples), the selection
 of an epoch's samples a selection of ``noisy_sel_prcnt`` % flags), selection precision and
 recall (empty where the model selects nothing), times, and every retrieval metric.
 ``summary.csv`` / ``summary.md``: per (model, noise level) the number of seeds, mean and sample
-standard deviation (0 for one seed) of the headline metric, mAP@20, selection precision/recall,
-chance and selection share.
+standard deviation of the headline metric, mAP@20, selection precision/recall, chance and
+selection share. With one seed the spread is undefined: ``n/a`` in summary.md and the printed
+table, an empty ``_sd`` cell in summary.csv, no error bar in the plots.
 
 Plots, each captioned with the archive (synthetic sample or records folder), epochs and seeds
 (``study_caption``, ``caption_figure``: reuse them for other study figures):
@@ -152,21 +153,22 @@ def summarise(rows: list[dict], metrics: list[str], study: Study) -> list[dict]:
             for m in metrics:
                 vals = np.array([r[m] for r in group if not _missing(r.get(m))], float)
                 s[f"{m}_mean"] = float(vals.mean()) if vals.size else math.nan
-                s[f"{m}_sd"] = float(vals.std(ddof=1)) if vals.size > 1 else (0.0 if vals.size
-                                                                              else math.nan)
+                # the sample sd of one value is undefined (not 0): NaN, shown as n/a
+                s[f"{m}_sd"] = float(vals.std(ddof=1)) if vals.size > 1 else math.nan
             out.append(s)
     return out
 
 
 def markdown(summary: list[dict], metrics: list[str]) -> str:
-    """Summary as a Markdown table: mean ± sd per metric."""
+    """Summary as a Markdown table: mean ± sd per metric (``± n/a`` for one seed)."""
     head = ["model", "noise %", "seeds"] + metrics
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         cells = [s["model"], str(s["noise_prcnt"]), str(s["n_seeds"])]
         for m in metrics:
             mean, sd = s[f"{m}_mean"], s[f"{m}_sd"]
-            cells.append("-" if _missing(mean) else f"{mean:.3f} ± {sd:.3f}")
+            spread = "n/a" if _missing(sd) else f"{sd:.3f}"
+            cells.append("-" if _missing(mean) else f"{mean:.3f} ± {spread}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -234,7 +236,7 @@ def headline_figure(summary: list[dict], headline: str, study: Study):
             continue
         x = np.array([s["noise_prcnt"] for s in rows], float) + (i - len(study.models) / 2) * 0.4
         mean = np.array([s[f"{headline}_mean"] for s in rows])
-        sd = np.array([s[f"{headline}_sd"] for s in rows])
+        sd = np.array([_bar(s[f"{headline}_sd"]) for s in rows])
         lows += list(mean - sd)
         highs += list(mean + sd)
         for ax in axes:
@@ -286,7 +288,7 @@ def selection_figure(summary: list[dict], study: Study):
             rows = [s for s in summary if s["model"] == model and _defined(s, key)]
             if rows:
                 ax.errorbar([s["noise_prcnt"] for s in rows], [s[f"{key}_mean"] for s in rows],
-                            yerr=[s[f"{key}_sd"] for s in rows], marker="o", capsize=3,
+                            yerr=[_bar(s[f"{key}_sd"]) for s in rows], marker="o", capsize=3,
                             label=model)
         xs = sorted(chance)
         if key == "sel_precision" and xs:
@@ -322,6 +324,11 @@ def plot(summary: list[dict], headline: str, out_dir: Path, study: Study) -> lis
     paths.append(out_dir / "selection_vs_noise.png")
     _save(selection_figure(summary, study), paths[-1])
     return paths
+
+
+def _bar(sd: float) -> float:
+    """Error bar half-length: none where the spread is undefined (one seed)."""
+    return 0.0 if _missing(sd) else sd
 
 
 def _save(fig, path: Path) -> None:

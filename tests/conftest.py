@@ -28,6 +28,14 @@ def run_config(records: Path, out: Path, **kw):
     return Config.from_dict(d)
 
 
+def temp_name(stem: str, suffix: str, pid: int, host: str | None = None) -> str:
+    """A name of the form atomic_files.atomic_path gives its temporaries (``host``: this
+    host's tag unless given)."""
+    from atomic_files import host_tag
+
+    return f"{stem}.tmp-{pid}-{host or host_tag()}-k3x9_q2z{suffix}"
+
+
 def default_sigint() -> None:
     """``preexec_fn`` for a subprocess that a test interrupts with SIGINT: a shell that runs the
     suite in the background starts it with SIGINT ignored, which every child inherits (Python
@@ -54,13 +62,14 @@ def dlrsd_sample(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dlrsd_prepped(dlrsd_sample, tmp_path_factory) -> Path:
-    """TFRecord folder of the DLRSD sample: train, val, test, train_noise_prcnt50."""
+    """TFRecord folder of the DLRSD sample, one file per split: train, val, test,
+    train_noise_prcnt50 (the sharded layout: tests/test_shards.py)."""
     import prep_DLRSD_noisy
 
     out = tmp_path_factory.mktemp("dlrsd_prepped")
     assert prep_DLRSD_noisy.main(["-r_dlrsd", str(dlrsd_sample / "DLRSD"),
                                   "-r_ucm", str(dlrsd_sample / "UCMerced_LandUse"), "-o", str(out),
-                                  "--noise-levels", "50", "--quiet"]) == 0
+                                  "--noise-levels", "50", "--quiet", "--layout", "files"]) == 0
     return out / "TFRecord"
 
 

@@ -24,6 +24,7 @@ def _prep(root, out, csvs=True, **kw):
     kw.setdefault("noise_levels", [50])
     kw.setdefault("workers", 1)
     kw.setdefault("progress", False)
+    kw.setdefault("layout", "files")  # the sharded layout: tests/test_shards.py
     paths = {s: str(Path(root) / f"{s}.csv") for s in CSVS} if csvs else None
     return ben.prepare(root, out, paths, **kw)
 
@@ -246,7 +247,8 @@ def test_six_real_patches_end_to_end(tmp_path):
     reps = {}
     for schema in ben.SCHEMAS:
         reps[schema] = ben.prepare(root, tmp_path / schema, {s: csv / f"{s}.csv" for s in CSVS},
-                                   noise_levels=[50], schema=schema, workers=1, progress=False)
+                                   noise_levels=[50], schema=schema, workers=1, progress=False,
+                                   layout="files")
     assert reps["compact"].records == {"train": 4, "val": 1, "test": 1, "50": 4}
     out = {s: tmp_path / s / "TFRecord" for s in ben.SCHEMAS}
     assert json.loads((out["compact"] / ben.REPORT_NAME).read_text())["records"]["50"] == 4
@@ -312,7 +314,8 @@ def test_sample_content_follows_labels(sample_root):
 
 def test_sample_archive_through_prep_cli(raw, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["-r", str(raw), "-o", str(out), "--noise-levels", "20", "60", "--workers", "1"]
+    argv = ["-r", str(raw), "-o", str(out), "--noise-levels", "20", "60", "--workers", "1",
+            "--layout", "files"]
     argv += sum(([f"-{s}", str(raw / f"{s}.csv")] for s in CSVS), [])
     assert prep_BEN_noisy.main(argv) == 0
     assert "noise 60%" in capsys.readouterr().out

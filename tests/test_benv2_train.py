@@ -21,7 +21,8 @@ from conftest import run_config
 
 N_PATCHES = 150  # 30 test patches: NDCG@30, BigEarthNet's headline, needs K >= 30
 NOISE = 50
-# SPEC section 7, written out again rather than imported: (mean, std) of a few channels
+# the release's train-split statistics, written out again rather than imported:
+# (mean, std) of a few channels
 SPEC_STATS = {"B04": (588.41, 684.57), "B12": (997.72, 814.09), "VV": (-12.64, 5.13),
               "VH": (-19.35, 5.59)}
 CHANNELS = {"s2": ("B04", "B03", "B02", "B08", "B05", "B06", "B07", "B8A", "B11", "B12"),
@@ -37,7 +38,7 @@ def records(tmp_path_factory):
     out = tmp_path_factory.mktemp("benv2t_out")
     with contextlib.redirect_stdout(io.StringIO()):
         rc = prep_BEN_noisy.main(["-r", str(raw), "-o", str(out), "--workers", "1",
-                                  "--noise-levels", str(NOISE), "--quiet"])
+                                  "--noise-levels", str(NOISE), "--quiet", "--layout", "files"])
     assert rc == 0
     return out / "TFRecord"
 
@@ -213,7 +214,7 @@ def test_v1_and_v2_records_are_not_mixed_up(records, tmp_path):
         assert prep_BEN_noisy.main([
             "-r", str(v1), "-o", str(tmp_path / "v1"), "--noise-levels", str(NOISE), "--quiet",
             "--workers", "1", "-train", str(v1 / "train.csv"), "-val", str(v1 / "val.csv"),
-            "-test", str(v1 / "test.csv")]) == 0
+            "-test", str(v1 / "test.csv"), "--layout", "files"]) == 0
     v1_records = tmp_path / "v1" / "TFRecord"
     for dataset, folder, holds in (("BEN", records, "BENv2"), ("BENv2", v1_records, "BEN")):
         cfg = make_cfg(folder, tmp_path, dataset=dataset)

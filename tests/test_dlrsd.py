@@ -30,7 +30,7 @@ def archive(tmp_path_factory):
 def prepped(archive, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     report = dlrsd.prepare(archive / "UCMerced_LandUse", archive / "DLRSD", out,
-                           noise_levels=[30, 70], seed=5, progress=False)
+                           noise_levels=[30, 70], seed=5, progress=False, layout="files")
     return out / "TFRecord", report
 
 
@@ -44,6 +44,7 @@ def copy(archive, tmp_path):
 def _prep(root, out, **kw):
     kw.setdefault("noise_levels", [50])
     kw.setdefault("progress", False)
+    kw.setdefault("layout", "files")  # the sharded layout: tests/test_shards.py
     return dlrsd.prepare(root / "UCMerced_LandUse", root / "DLRSD", out, **kw)
 
 
@@ -277,7 +278,7 @@ def test_prep_does_not_depend_on_listing_order(archive, prepped, tmp_path, monke
 
     monkeypatch.setattr(Path, "iterdir", shuffled)
     dlrsd.prepare(archive / "UCMerced_LandUse", archive / "DLRSD", tmp_path, noise_levels=[30, 70],
-                  seed=5, progress=False)
+                  seed=5, progress=False, layout="files")
     for f in out.glob("*.tfrecord"):
         assert (tmp_path / "TFRecord" / f.name).read_bytes() == f.read_bytes(), f.name
 
@@ -433,7 +434,8 @@ def test_interrupted_write_leaves_nothing(copy, tmp_path, monkeypatch):
 def test_cli_runs_and_reports(copy, tmp_path, capsys):
     import prep_DLRSD_noisy
     rc = prep_DLRSD_noisy.main(["-r_dlrsd", str(copy / "DLRSD"), "-r_ucm", str(copy / "UCMerced_LandUse"),
-                                "-o", str(tmp_path), "--noise-levels", "20", "--quiet"])
+                                "-o", str(tmp_path), "--noise-levels", "20", "--quiet",
+                                "--layout", "files"])
     assert rc == 0
     assert "noise 20%" in capsys.readouterr().out
     assert (tmp_path / "TFRecord/train_noise_prcnt20.tfrecord").is_file()

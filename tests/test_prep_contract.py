@@ -62,7 +62,7 @@ def test_dlrsd_records_do_not_depend_on_workers(dlrsd_sample, tmp_path, capsys):
         assert prep_DLRSD_noisy.main(["-r_dlrsd", str(dlrsd_sample / "DLRSD"), "-r_ucm",
                                       str(dlrsd_sample / "UCMerced_LandUse"), "-o", str(out),
                                       "--noise-levels", "40", "--workers", str(workers),
-                                      "--quiet"]) == 0
+                                      "--quiet", "--layout", "files"]) == 0
         outs.append(_digests(out / "TFRecord"))
     assert len(outs[0]) == 4 and outs[0] == outs[1]
     printed = capsys.readouterr()

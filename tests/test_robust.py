@@ -174,7 +174,7 @@ def records(tmp_path_factory):
     raw, full, tiny = base / "raw", base / "full", base / "TFRecord"
     sample.write_sample_archive(raw, seed=0, per_class=5, scenes=["beach", "forest"])
     prep_DLRSD_noisy.main(["-r_dlrsd", str(raw / "DLRSD"), "-r_ucm", str(raw / "UCMerced_LandUse"),
-                           "-o", str(full), "--noise-levels", "50", "--quiet"])
+                           "-o", str(full), "--noise-levels", "50", "--quiet", "--layout", "files"])
     tiny.mkdir()
     for name in ("train", "train_noise_prcnt50"):
         with tf.io.TFRecordWriter(str(tiny / f"{name}.tfrecord")) as w:

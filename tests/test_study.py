@@ -31,7 +31,7 @@ def base_config(tmp_path_factory) -> Path:
     raw, full, tiny = base / "raw", base / "full", base / "TFRecord"
     sample.write_sample_archive(raw, seed=0, per_class=10, scenes=["beach", "forest", "harbor"])
     prep_DLRSD_noisy.main(["-r_dlrsd", str(raw / "DLRSD"), "-r_ucm", str(raw / "UCMerced_LandUse"),
-                           "-o", str(full), "--noise-levels", "50", "--quiet"])
+                           "-o", str(full), "--noise-levels", "50", "--quiet", "--layout", "files"])
     tiny.mkdir()
     for name, src, n in (("train", "train", N_TRAIN), ("train_noise_prcnt50", "train_noise_prcnt50",
                           N_TRAIN), ("val", "val", 4), ("test", "train", N_EVAL)):
@@ -123,7 +123,8 @@ def test_study_runs_cells_skips_finished_and_collects(tmp_path, base_config, cap
     for r in rows:
         assert 0.0 <= float(r["mAP@10"]) <= 1.0 and float(r["train_time_s"]) > 0
     summary = (out / "summary.md").read_text()
-    assert summary.count("\n") == 2 + 3 and "± 0.000" in summary  # one seed: sd 0
+    # one seed: the spread is undefined, shown as n/a (not a made-up 0)
+    assert summary.count("\n") == 2 + 3 and "± n/a" in summary and "± 0.000" not in summary
     assert (out / "selection_vs_noise.png").stat().st_size > 1000
     assert (out / "study.json").is_file()
 
@@ -293,3 +294,70 @@ def test_set_overrides_every_cell_after_the_file(tmp_path, base_config, capsys):
     err = capsys.readouterr().err.splitlines()
     assert "error: --set nb_epok: unknown key; did you mean 'nb_epoch'?" in err[0]
     assert any(line.startswith("error: --set embed_dim: must be >= 1") for line in err)
+
+
+# ---------------------------------------------------------------- claims and spreads
+def _plant_claim(path, pid):
+    import locks
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": pid, "host": locks.hostname(), "start": None,
+                                "since": "2026-01-02 03:04:05", "purpose": "study cell",
+                                "token": "planted"}))
+
+
+def test_claimed_cell_is_skipped_a_stale_claim_is_taken_over_and_both_are_listed(
+        tmp_path, base_config, capsys):
+    import os
+
+    import locks
+
+    path = _study(tmp_path, base_config, models=["BCE"], seeds=[0, 1])
+    s = load_study(path)
+    live, stale = (s.out / "claims" / f"{c.name}.lock" for c in s.cells)
+    _plant_claim(live, os.getpid())  # another process is training cell 0
+    _plant_claim(stale, 999999999)  # cell 1's claimer was killed
+    holder = f"pid {os.getpid()} on host {locks.hostname()} since 2026-01-02 03:04:05 (study cell)"
+    assert study_cli.main([str(path), "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"   0  BCE-noise50-seed0                running: {holder}",
+        f"   1  BCE-noise50-seed1                pending (stale claim of pid 999999999 on host "
+        f"{locks.hostname()} since 2026-01-02 03:04:05 (study cell))"]
+    assert study_cli.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"[0] BCE-noise50-seed0: claimed by {holder}, skipped" in out
+    assert "taking over the stale lock of pid 999999999" in out
+    assert "1 cell(s) being trained by other processes were skipped (0)" in out
+    assert not s.cell_result_path(s.cells[0]).exists() and s.cell_result_path(s.cells[1]).is_file()
+    assert not s.cell_config(s.cells[0]).weights_dir.exists()  # never touched
+    from test_train import summary_steps
+    assert summary_steps(s.cell_config(s.cells[1]).summaries_dir, "train/loss") == [1, 2]  # once
+    assert live.exists() and not stale.exists()  # the other's claim stays; ours is released
+    assert [runner.claim_path(s, c) for c in s.cells] == [live, stale]
+    assert study_cli.main([str(path), "--list"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(" finished")
+
+
+def test_one_seed_spread_is_na_in_every_output(tmp_path, base_config):
+    import math
+
+    s = load_study(_study(tmp_path, base_config, models=["BCE"], noise_levels=[0, 50],
+                          seeds=[0, 1]))
+    rows = [{"model": "BCE", "noise_prcnt": n, "seed": seed, "chance_level": 0.0,
+             "sel_precision": math.nan, "sel_recall": math.nan, "mAP@20": v, "NDCG@20": v}
+            for n, seed, v in ((0, 0, 0.5), (0, 1, 0.7), (50, 0, 0.4))]
+    for cell, row in zip(s.cells, rows):
+        s.cell_result_path(cell).parent.mkdir(parents=True, exist_ok=True)
+        s.cell_result_path(cell).write_text(json.dumps(row))
+    res = report.collect(s)
+    summary = report.summarise(rows, ["NDCG@20"], s)
+    assert summary[0]["NDCG@20_sd"] == pytest.approx(math.sqrt(0.02))  # sd of 0.5 and 0.7
+    assert math.isnan(summary[1]["NDCG@20_sd"])
+    assert "| BCE | 0 | 2 | 0.600 ± 0.141 | 0.600 ± 0.141 |" in res["table"]
+    assert "| BCE | 50 | 1 | 0.400 ± n/a | 0.400 ± n/a |" in res["table"]
+    (one_seed,) = [x for x in (s.out / "summary.md").read_text().splitlines() if "| 50 | 1 |" in x]
+    assert one_seed == "| BCE | 50 | 1 | 0.400 ± n/a | 0.400 ± n/a | - | - | 0.000 ± n/a |"
+    with open(s.out / "summary.csv") as fh:
+        by_noise = {r["noise_prcnt"]: r for r in csv.DictReader(fh)}
+    assert by_noise["50"]["NDCG@20_sd"] == "" and by_noise["50"]["NDCG@20_mean"] == "0.4"
+    assert float(by_noise["0"]["NDCG@20_sd"]) == pytest.approx(math.sqrt(0.02))

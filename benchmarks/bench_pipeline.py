@@ -1,0 +1,313 @@
+"""Input pipeline at BigEarthNet scale: can it feed a GPU? (docs/full-scale.md)
+
+python benchmarks/bench_pipeline.py [--records 12000] [--batch 128]
+                                    [--archives BEN BENv2-s2 BENv2-s1s2 DLRSD] [--keep DIR]
+
+For each archive, a sample archive goes through prep (shards layout); its records are
+replicated (renamed) to --records (DLRSD: its published train size, 1470) and written as
+shards of ~200 MB in the seeded random order prep uses, with a noise overlay, so a whole shuffle
+window and more are read. Each record gets a synthetic "acquisition": the sorted names are cut
+into 124 runs (the real v1 train list has 124 acquisitions; DLRSD: its 21 scene classes), as
+the published name order groups patches by acquisition date and tile.
+
+Each stage runs in a fresh process over one epoch (batch --batch), and reports records per
+CPU-second (user + system of that process: the steady figure on a shared machine), records
+per wall second, peak resident memory, time to the first batch and the longest gap between
+two batches:
+
+* read: the shards read 8 at a time, interleaved (no parse);
+* read+parse: the same records parsed, in parallel;
+* train: ``make_dataset(training=True)`` with the overlay (shuffle, parse, join, augment,
+  normalise, batch).
+
+Then, in this process: the shuffle stage alone (the only sequential stage after the reads) on
+serialized records held in memory, in records per CPU-second; and the batch mix: distinct
+acquisitions per batch of the train stage's first epoch against a global shuffle's (and
+against the former order: name-ordered records in windows of 10,000). The goals are printed
+as ratios measured in this run; "cores per GPU" is 2,000 images/s divided by the train rate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+GPU_RATE = 2000.0  # images/s DenseNet121 trains at on one datacenter GPU
+ACQUISITIONS = 124
+GOALS = {"train/read+parse per CPU-s": 0.9, "peak RSS s1s2 GB": 3.0, "first batch s": 10.0,
+         "longest gap s": 2.0, "sequential stage rec/s": 5000.0, "mix vs global": 0.8}
+ARCHIVES = {"BEN": ("BEN", None), "BENv2-s2": ("BENv2", "s2"), "BENv2-s1s2": ("BENv2", "s1s2"),
+            "DLRSD": ("DLRSD", None)}
+
+
+# ---------------------------------------------------------------- records
+
+def _prep_sample(name: str, tmp: Path) -> Path:
+    """A sample archive of ``name`` through prep (shards layout); returns its TFRecord folder."""
+    import contextlib
+    import io
+
+    import prep_BEN_noisy
+    import prep_DLRSD_noisy
+    from archives import sample, sample_ben, sample_benv2
+
+    raw, out = tmp / f"{name}-raw", tmp / f"{name}-prep"
+    with contextlib.redirect_stdout(io.StringIO()):
+        if name == "DLRSD":
+            sample.write_sample_archive(raw, seed=0, per_class=10)
+            rc = prep_DLRSD_noisy.main(["-r_dlrsd", str(raw / "DLRSD"), "-r_ucm",
+                                        str(raw / "UCMerced_LandUse"), "-o", str(out),
+                                        "--noise-levels", "50", "--quiet", "--workers", "1"])
+        elif name == "BEN":
+            sample_ben.write_sample_archive(raw, seed=0, n_patches=200)
+            rc = prep_BEN_noisy.main(["-r", str(raw), "-o", str(out), "--noise-levels", "50",
+                                      "--quiet", "--workers", "1"] +
+                                     sum(([f"-{s}", str(raw / f"{s}.csv")]
+                                          for s in ("train", "val", "test")), []))
+        else:
+            sample_benv2.write_sample_archive(raw, seed=0, n_patches=200)
+            rc = prep_BEN_noisy.main(["-r", str(raw), "-o", str(out), "--noise-levels", "50",
+                                      "--quiet", "--workers", "1"])
+    if rc:
+        raise SystemExit(f"prep of the {name} sample failed")
+    return out / "TFRecord"
+
+
+def replicate(dataset: str, src: Path, dst: Path, n: int, seed: int = 0) -> dict:
+    """``n`` renamed copies of the sample's records as shards in prep's random order, with
+    records_meta.json and a noise overlay; returns {patch name: acquisition id}."""
+    import tensorflow as tf
+
+    from archives import overlay, registry, shards
+    from archives.record_files import overlay_name, resolve
+
+    files = [f for s in ("train", "val", "test") for f in resolve([str(src / f"{s}.tfrecord")]).files]
+    base = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files)]
+    label_key = "BEN-19_multi_hot" if dataset == "BEN" else "label"
+    names = sorted(f"{base[i % len(base)].features.feature['patch_name'].bytes_list.value[0].decode()}"
+                   f"_r{i // len(base):05d}" for i in range(n))
+    by_base = {ex.features.feature["patch_name"].bytes_list.value[0].decode(): ex for ex in base}
+    groups = 21 if dataset == "DLRSD" else ACQUISITIONS
+    acq = {name: (re.match(r"[a-z]+", name).group() if dataset == "DLRSD" else i * groups // n)
+           for i, name in enumerate(names)}
+    order = shards.record_order(n, seed, "train")
+    size = np.mean([len(ex.SerializeToString()) for ex in base[:20]])
+    bounds = shards.shard_bounds(n, shards.records_per_shard("200MB", int(size)))
+    shard_files = shards.shard_names("train", len(bounds))
+    dst.mkdir(parents=True, exist_ok=True)
+    ordered = [names[i] for i in order]
+    labels = []
+    for (a, b), fname in zip(bounds, shard_files):
+        with tf.io.TFRecordWriter(str(dst / fname)) as w:
+            for name in ordered[a:b]:
+                ex = tf.train.Example()
+                ex.CopyFrom(by_base[name.rsplit("_r", 1)[0]])
+                ex.features.feature["patch_name"].bytes_list.value[0] = name.encode()
+                labels.append(list(ex.features.feature[label_key].float_list.value))
+                w.write(ex.SerializeToString())
+    info = registry.get(dataset)
+    meta = {"format": 1, "archive": info.name, "classes": list(info.class_names),
+            "layout": "shards", "overlays": {"50": overlay_name(50)},
+            "splits": {"train": {"shards": shard_files, "records": [b - a for a, b in bounds],
+                                 "digest": overlay.names_digest(ordered)}}}
+    (dst / "records_meta.json").write_text(json.dumps(meta))
+    lab = np.asarray(labels, np.uint8)
+    arrays = {"noisy_label": lab[:, ::-1]}  # a different label, joined by index
+    if dataset == "BENv2":
+        arrays["map_noisy_label"] = lab
+    lut = np.tile(np.arange(info.nb_class, dtype=np.int8)[::-1], (n, 1)) \
+        if info.has_pixel_maps else None
+    overlay.write_overlay(dst / overlay_name(50), names=ordered, labels=arrays, map_lut=lut,
+                          level=50, seed=seed, archive=info.name)
+    return acq
+
+
+# ---------------------------------------------------------------- one stage (own process)
+
+def _info(dataset: str, bands: str | None):
+    from archives import registry
+    info = registry.get(dataset)
+    return info.with_bands(bands) if bands else info
+
+
+def run_stage(stage: str, folder: Path, dataset: str, bands: str | None, batch: int) -> dict:
+    import tensorflow as tf
+
+    from archives.common import file_forms, file_offsets, indexed_records, parse_by_form
+    from archives.pipeline import make_dataset
+    from archives.record_files import counts_of, overlay_name, resolve
+
+    info = _info(dataset, bands)
+    paths = [str(folder / "train.tfrecord")]
+    res = resolve(paths)
+    start_cpu, start = time.process_time(), time.perf_counter()
+    if stage == "train":
+        ds = make_dataset(paths + [str(folder / overlay_name(50))], info, training=True,
+                          batch_size=batch, seed=1, epoch=0)
+    else:
+        reader = info.load().record_parser(compact_dtypes=True, **dict(info.parse_kwargs))
+        forms, ids = file_forms(res.files, reader)
+        ds = indexed_records(res.files, file_offsets(counts_of(res)), ids, cycle=8)
+        if stage == "read+parse":
+            parse = parse_by_form(forms, reader)
+            ds = ds.map(lambda i, f, raw: parse(f, raw), num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            ds = ds.map(lambda i, f, raw: {"patch_name": tf.strings.length(raw)})
+        ds = ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+    n, first, gap, last, names = 0, None, 0.0, None, []
+    for b in ds:
+        now = time.perf_counter()
+        first = now - start if first is None else first
+        if last is not None:
+            gap = max(gap, now - last)
+        last = now
+        n += int(b["patch_name"].shape[0])
+        if stage == "train":
+            names.append([x.decode() for x in b["patch_name"].numpy()])
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    return {"stage": stage, "records": n, "wall_s": wall, "cpu_s": cpu, "per_cpu_s": n / cpu,
+            "per_wall_s": n / wall, "first_batch_s": first, "longest_gap_s": gap,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "batches": names}
+
+
+def shuffle_stage_rate(folder: Path, n: int = 20000) -> float:
+    """Records per CPU-second of the stateless window shuffle alone: serialized records held in
+    memory go through it, less the same source without it (the stage runs on one thread but
+    for the window's gather)."""
+    import tensorflow as tf
+
+    from archives.pipeline import MIN_WINDOW, SHUFFLE_BYTES, stateless_shuffle
+    from archives.record_files import resolve
+
+    raws = [r.numpy() for r in tf.data.TFRecordDataset(list(resolve(
+        [str(folder / "train.tfrecord")]).files)).take(500)]
+    window = max(MIN_WINDOW, int(SHUFFLE_BYTES // np.mean([len(r) for r in raws])))
+
+    def source():
+        return tf.data.Dataset.from_tensor_slices(raws).repeat().take(n).enumerate().map(
+            lambda i, r: (i, tf.constant(0, tf.int64), r))
+
+    def cpu(ds) -> float:
+        start = time.process_time()
+        ds.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1)
+        return time.process_time() - start
+
+    base = min(cpu(source()) for _ in range(2))
+    with_shuffle = min(cpu(stateless_shuffle(source(), window, 0, 0)) for _ in range(2))
+    return n / max(with_shuffle - base, 1e-9)
+
+
+def mix(batches: list, acq: dict) -> float:
+    return float(np.mean([len({acq[n] for n in b}) for b in batches if len(b) == len(batches[0])]))
+
+
+def reference_mixes(acq: dict, batch: int, seed: int = 0) -> tuple[float, float]:
+    """(global shuffle, former order: name order in windows of 10,000) distinct per batch."""
+    names = sorted(acq)
+    rng = np.random.default_rng(seed)
+    glob = [names[i] for i in rng.permutation(len(names))]
+    former = []
+    for a in range(0, len(names), 10000):
+        w = names[a:a + 10000]
+        former += [w[i] for i in rng.permutation(len(w))]
+    def cut(order):
+        return [order[i:i + batch] for i in range(0, len(order) - batch + 1, batch)]
+
+    return mix(cut(glob), acq), mix(cut(former), acq)
+
+
+# ---------------------------------------------------------------- driver
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--records", type=int, default=12000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--archives", nargs="+", default=list(ARCHIVES), choices=list(ARCHIVES))
+    p.add_argument("--keep", default=None, help="build the records here and keep them")
+    p.add_argument("--stage", help=argparse.SUPPRESS)
+    p.add_argument("--dir", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.stage:  # a child process: one stage
+        dataset, bands = ARCHIVES[a.archives[0]]
+        print(json.dumps(run_stage(a.stage, Path(a.dir), dataset, bands, a.batch)))
+        return 0
+    tmp = Path(a.keep or tempfile.mkdtemp(prefix="bench_pipeline_"))
+    rows = {}
+    built: dict[str, tuple[Path, dict]] = {}
+    for name in a.archives:
+        dataset, bands = ARCHIVES[name]
+        src_key = dataset
+        if src_key not in built:
+            src = _prep_sample(dataset, tmp)
+            n = 1470 if dataset == "DLRSD" else a.records
+            acq = replicate(dataset, src, tmp / f"{dataset}-shards", n)
+            built[src_key] = (tmp / f"{dataset}-shards", acq)
+        folder, acq = built[src_key]
+        out = {}
+        for stage in ("read", "read+parse", "train"):
+            proc = subprocess.run([sys.executable, __file__, "--stage", stage, "--dir", str(folder),
+                                   "--archives", name, "--batch", str(a.batch)],
+                                  capture_output=True, text=True, cwd=ROOT,
+                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+            if proc.returncode:
+                raise SystemExit(proc.stderr[-3000:])
+            out[stage] = json.loads(proc.stdout.strip().splitlines()[-1])
+        glob, former = reference_mixes(acq, a.batch)
+        out["mix"] = {"train": mix(out["train"]["batches"], acq), "global": glob, "former": former}
+        out["shuffle_rec_s"] = shuffle_stage_rate(folder)
+        rows[name] = out
+        _print_one(name, out, a.batch)
+    _print_goals(rows)
+    return 0
+
+
+def _print_one(name: str, out: dict, batch: int) -> None:
+    print(f"\n{name}: {out['train']['records']} records, batch {batch}")
+    print(f"  {'stage':<11} {'rec/CPU-s':>10} {'rec/s':>8} {'peak RSS':>9} {'1st batch':>10} "
+          f"{'max gap':>8}")
+    for stage in ("read", "read+parse", "train"):
+        r = out[stage]
+        print(f"  {stage:<11} {r['per_cpu_s']:>10.0f} {r['per_wall_s']:>8.0f} "
+              f"{r['peak_rss_gb']:>7.2f}GB {r['first_batch_s']:>9.2f}s {r['longest_gap_s']:>7.2f}s")
+    m = out["mix"]
+    print(f"  shuffle stage alone: {out['shuffle_rec_s']:.0f} records/CPU-s")
+    print(f"  distinct acquisitions per batch: train {m['train']:.1f}, global shuffle "
+          f"{m['global']:.1f}, former order {m['former']:.1f}")
+    print(f"  cores per GPU at {GPU_RATE:.0f} images/s: "
+          f"{GPU_RATE / out['train']['per_cpu_s']:.1f}")
+
+
+def _print_goals(rows: dict) -> None:
+    print("\ngoals (ratio to the goal's bound; <= 1 is met for the upper bounds, >= 1 for the "
+          "lower ones):")
+    for name, out in rows.items():
+        tr, rp = out["train"], out["read+parse"]
+        parts = [f"train/read+parse per CPU-s {tr['per_cpu_s'] / rp['per_cpu_s']:.2f} "
+                 f"(>= {GOALS['train/read+parse per CPU-s']})",
+                 f"first batch {tr['first_batch_s'] / GOALS['first batch s']:.2f}x of 10 s",
+                 f"longest gap {tr['longest_gap_s'] / GOALS['longest gap s']:.2f}x of 2 s",
+                 f"shuffle stage {out['shuffle_rec_s'] / GOALS['sequential stage rec/s']:.1f}x "
+                 "of 5,000/s",
+                 f"mix {out['mix']['train'] / out['mix']['global']:.2f} of a global shuffle "
+                 f"(>= {GOALS['mix vs global']})"]
+        if name.endswith("s1s2"):
+            parts.append(f"peak RSS {tr['peak_rss_gb'] / GOALS['peak RSS s1s2 GB']:.2f}x of 3 GB")
+        print(f"  {name}: " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
