@@ -129,19 +129,24 @@ def finish_batch(b: dict, dataset, training: bool) -> dict:
 def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: int = 0,
                  epoch: int = 0, shuffle_buffer: int | None = None,
                  drop_remainder: bool = False, skip_batches: int = 0,
-                 cycle: int | None = None, compact: bool = False) -> tf.data.Dataset:
+                 cycle: int | None = None, indices=None,
+                 compact: bool = False) -> tf.data.Dataset:
     """Batched dicts ready for the model (docs/interfaces.md, "Input pipeline"). ``dataset``: a
     registered name or an ``archives.registry.ArchiveInfo`` (e.g. one band set's). ``paths``:
     record files, a glob or a sharded split's name, and optionally its noise overlay
     (archives.record_files). ``skip_batches``: start after that many batches of the epoch,
     skipping serialized records (as ``ds.skip(skip_batches)`` would, without parsing them).
-    ``cycle``: shards read at once (default CYCLE). ``compact``: batches as parsed (uint8/uint16
-    images, int8 maps, full size) with the augmentation draws (keys starting with "_"), for
-    ``finish_batch`` to turn into the model's batches in the compiled step: the cast and
-    normalisation cost the input pipeline as much CPU as parsing does."""
+    ``cycle``: shards read at once (default CYCLE). ``indices`` (evaluation only): keep just the
+    records at these positions (the ``sample_index`` values), dropped before parsing.
+    ``compact``: batches as parsed (uint8/uint16 images, int8 maps, full size) with the
+    augmentation draws (keys starting with "_"), for ``finish_batch`` to turn into the model's
+    batches in the compiled step: the cast and normalisation cost the input pipeline as much CPU
+    as parsing does."""
     from archives.record_files import RecordFilesError, counts_of, resolve
 
     info = registry.get(dataset)
+    if indices is not None and training:
+        raise ValueError("make_dataset: indices select evaluation records; training reads all")
     map_keys = _MAP_KEYS if info.has_pixel_maps else ()
     module = info.load()
     # small element dtypes (uint8/uint16 images, int8 maps) keep the parsed buffers small
@@ -199,6 +204,10 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
         ds = stateless_shuffle(ds, buffer, seed, epoch)
     else:
         ds = indexed_records(res.files, file_offsets(counts) if not single else [0], form_ids)
+    if indices is not None:
+        keep = tf.constant(_position_mask(indices))
+        last = tf.cast(tf.shape(keep)[0] - 1, tf.int64)
+        ds = ds.filter(lambda i, *_: (i <= last) & tf.gather(keep, tf.minimum(i, last)))
     if skip_batches:
         ds = ds.skip(int(skip_batches) * int(batch_size))
     ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -207,3 +216,15 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
         ds = ds.map(lambda b: finish_batch(b, info, training),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _position_mask(indices):
+    """Boolean mask over record positions 0..max(indices), True at ``indices``."""
+    import numpy as np
+
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    if idx.size and idx.min() < 0:
+        raise ValueError(f"make_dataset: indices must be >= 0, got {int(idx.min())}")
+    mask = np.zeros(int(idx.max()) + 1 if idx.size else 1, bool)
+    mask[idx] = True
+    return mask
