@@ -27,12 +27,14 @@ FEATURE_LAYERS = ("pooling", "output")
 DATASETS = registry.names()  # at import; validation reads the registry itself
 OPTIMIZERS = ("Adam", "SGD")
 MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")  # "off" or a Keras dtype policy
+KL_REDUCTIONS = ("latent", "published")  # as losses/vae.py (tests check they agree)
+SELECT = ("last", "best_val")  # which epoch's feature model is exported
 DUMP_KEYS = ("model_weights", "summaries", "configs", "features")
 DEFAULT_DUMPS = {"model_weights": "dumps/weights", "summaries": "dumps/summaries",
                  "configs": "dumps/configs", "features": "dumps/features"}
 # Keys train.py adds to the dumped config; accepted (and ignored) when a dump is loaded back.
 OUTPUT_KEYS = ("run_name", "nb_class", "feature_model_path", "training_time_s",
-               "noisy_train_paths", "final_metrics")
+               "noisy_train_paths", "final_metrics", "history", "selected_epoch")
 FEATURE_MODEL_FILE = "feature_model.keras"
 
 
@@ -170,15 +172,22 @@ class Config:
     weights: str | None = None
     seed: int = 0
     kl_weight: float = 1.0
+    kl_reduction: str = "latent"  # KL over a latent map: "latent" (ours) or "published"
     strategy: str = "default"
     jit_compile: bool = False  # XLA-compile the training and evaluation steps (GRID/baselines)
     # compute in float16/bfloat16, variables and losses in float32 (docs/training.md)
     mixed_precision: str = "off"
-    # MiLaN (SPEC 8) and deep features (SPEC 9)
+    # MiLaN and deep features (docs/hashing.md)
     hash_bits: int = 32
     train_backbone: bool = False
     triplet_labels: str = "label"
     feature_layer: str = "pooling"
+    # per-epoch validation retrieval and memorisation (docs/studies.md): every N epochs (0: off;
+    # the last epoch is always measured), on at most N validation queries / training records
+    val_retrieval_every: int = 1
+    val_retrieval_queries: int = 1000
+    val_retrieval_archive: int = 10000
+    select: str = "last"  # exported feature model: "last" epoch or "best_val" retrieval epoch
     # input band set of an archive that offers several (BENv2: "s2", "s1", "s1s2"); None: default
     bands: str | None = None
 
@@ -282,18 +291,23 @@ class Config:
         return out
 
     def dump_dict(self, training_time_s: float | None = None,
-                  final_metrics: Mapping[str, float] | None = None) -> dict[str, Any]:
+                  final_metrics: Mapping[str, float] | None = None,
+                  history: list | None = None, selected_epoch: int | None = None
+                  ) -> dict[str, Any]:
         """The dumped config retrieval.py reads: every key plus OUTPUT_KEYS.
 
         ``final_metrics``: last-epoch means of the training metrics (``dis_loss``, ...,
         ``sel_precision``, ``sel_recall``) and validation losses prefixed ``val_``.
+        ``history``: one dict per epoch (training means, validation retrieval, memorisation);
+        ``selected_epoch``: the epoch whose feature model was exported (``select``).
         """
         out = self.to_dict()
         out.update(run_name=self.run_name, nb_class=self.nb_class,
                    feature_model_path=str(self.feature_model_path),
                    training_time_s=training_time_s,
                    noisy_train_paths=list(self.noisy_train_paths),
-                   final_metrics=dict(final_metrics or {}))
+                   final_metrics=dict(final_metrics or {}),
+                   history=list(history or []), selected_epoch=selected_epoch)
         return out
 
     # ---- derived values ---------------------------------------------------------------------
@@ -402,6 +416,37 @@ class Config:
 
 _MISSING = object()  # a required key that is absent (already reported)
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def weights_file_problem(path: str) -> str | None:
+    """Why an existing file cannot be a weights file for ``Model.load_weights``, or None: its
+    name must end as Keras requires (.weights.h5, .h5, .hdf5, .keras, .weights.json) and its
+    first bytes must be those of that format (HDF5 signature, at 0 or a power of two from
+    512; zip for .keras; a JSON object for .weights.json). Only the name and a few bytes are
+    read: a file of the right format for another architecture fails when it is loaded."""
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as fh:
+            if name.endswith(".keras"):
+                return None if fh.read(4) == b"PK\x03\x04" else "not a zip archive"
+            if name.endswith(".weights.json"):
+                try:
+                    return None if isinstance(json.load(fh), dict) else "not a JSON object"
+                except ValueError:
+                    return "not JSON"
+            if not name.endswith((".h5", ".hdf5")):
+                return "its name ends in none of .weights.h5, .h5, .hdf5, .keras, .weights.json"
+            size, offset = os.fstat(fh.fileno()).st_size, 0
+            while offset + len(HDF5_SIGNATURE) <= size:
+                fh.seek(offset)
+                if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                    return None
+                offset = 512 if offset == 0 else offset * 2
+            return "no HDF5 signature"
+    except OSError as err:
+        return f"cannot be read: {err.strerror or err}"
+
 
 def with_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]
                    ) -> tuple[dict[str, Any], list[str]]:
@@ -465,6 +510,8 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     out["seed"] = _check_int("seed", d["seed"], minimum=0, maximum=2**31 - 1)
     out["learning_rate"] = _check_float("learning_rate", d["learning_rate"], positive=True)
     out["kl_weight"] = _check_float("kl_weight", d["kl_weight"])
+    out["kl_reduction"] = _check_choice("kl_reduction", d["kl_reduction"], KL_REDUCTIONS)
+    _validate_curve_keys(d, out)
     out["dumps"] = _check_dumps(d["dumps"])
     suffix = _check_str("suffix", d["suffix"])
     if isinstance(suffix, str) and (any(c in suffix for c in "/\\") or suffix in (".", "..")):
@@ -476,6 +523,10 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
         if isinstance(weights, str) and not os.path.isfile(weights):
             _fail(f"weights: file {weights!r} does not exist (nothing is downloaded; "
                   "use null for random initialisation)")
+        elif isinstance(weights, str) and (problem := weights_file_problem(weights)):
+            _fail(f"weights: {weights!r} is not a Keras weights file ({problem}); expected an "
+                  "HDF5 .weights.h5 / .h5 file (Model.save_weights, the Keras-applications "
+                  "notop files) or a .keras file")
     out["weights"] = weights
 
     _validate_milan_keys(d, out)
@@ -501,6 +552,23 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
             _fail(f"noise_prcnt: {out['noise_prcnt']} is not offered for {dataset} "
                   f"(0 or one of {', '.join(map(str, levels))})")
     return out
+
+
+def _validate_curve_keys(d: dict[str, Any], out: dict[str, Any]) -> None:
+    """val_retrieval_every / _queries / _archive and select (per-epoch validation retrieval)."""
+    for key in ("val_retrieval_every", "val_retrieval_queries", "val_retrieval_archive"):
+        out[key] = _check_int(key, d[key], minimum=0)
+    out["select"] = _check_choice("select", d["select"], SELECT)
+    if out["select"] != "best_val" or _bad("select"):
+        return
+    if out["val_retrieval_every"] == 0:
+        _fail("select: 'best_val' chooses the epoch by validation retrieval, which "
+              "val_retrieval_every 0 turns off; use val_retrieval_every >= 1 or select 'last'")
+    elif not out["val_tfrecord_paths"]:
+        _fail("select: 'best_val' needs validation records (val_tfrecord_paths) to choose the "
+              "epoch; add them or use select 'last'")
+    elif d["model_name"] == "OffTheShelf":
+        _fail("select: OffTheShelf trains nothing, so has no epochs to choose; use 'last'")
 
 
 def _validate_model_rules(model: models.ModelInfo, out: dict[str, Any], info) -> None:

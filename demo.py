@@ -1,7 +1,8 @@
-"""`make demo`: sample archive -> TFRecords -> GRID-BCE and BCE on 50% noise -> retrieval table.
+"""`make demo`: sample archive -> TFRecords -> GRID and its baseline at 50% noise -> retrieval table.
 
-DLRSD uses the hard variant of the sample archive (``--variant hard``, 20 per class), the
-setting of README's robustness study.
+DLRSD (default) and BEN train GRID-BCE and BCE; BENv2 trains GRID-PCE and PCE on the v2 sample's
+reference maps. DLRSD uses the hard variant of the sample archive (``--variant hard``, 20 per
+class), a setting of the robustness study (docs/studies.md).
 
 Every stage runs the project's own command-line scripts, exactly as a user would, and is
 skipped when its output already exists, so a second run only prints the table again. Each

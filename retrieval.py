@@ -38,7 +38,8 @@ def _dataset_names() -> tuple[str, ...]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("configs", nargs="*", help="dumped run configs (dumps/configs/<run>.json)")
-    p.add_argument("--query-features", help="query feature HDF5 (feature, label, patch_name)")
+    p.add_argument("--query-features", help="query feature HDF5 (feature, label, patch_name; "
+                   "code instead of feature for --metric hamming)")
     p.add_argument("--archive-features", help="archive feature HDF5")
     p.add_argument("--metric", choices=METRICS + ("hamming",), default=None,
                    help="distance (default chi2; hamming for MiLaN runs)")

@@ -4,20 +4,27 @@
   the config's archive (and the prep metadata beside them agrees with the config), before
   anything of an earlier run is touched;
 - :func:`clear_for_fresh_start`: refuse to start over an existing run unless asked to
-  (``--overwrite``), then remove its outputs;
+  (``--overwrite``), then set its outputs aside (:func:`set_aside`): renamed to hidden sibling
+  names, deleted once the new run has checkpointed its first epoch (:func:`checkpoint_written`),
+  put back when it fails or is interrupted before that (:func:`guards_overwrite`, the decorator
+  of ``training.train``); run outputs that are symbolic links are refused before anything moves;
 - :func:`restore_newest_readable`: restore the newest checkpoint that reads back, saying which;
 - :func:`find_bad_record_file`: which of several TFRecord files is truncated or corrupt;
 - :func:`remove_checkpoint_temps`: ``ckpt-N_temp/`` folders of a failed or killed save.
 
 Every problem raises :class:`RunError` (a ValueError) whose message starts with the file.
+See docs/reliability.md for what --overwrite guarantees.
 """
 from __future__ import annotations
 
+import contextvars
+import functools
 import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
+import locks
 from atomic_files import remove_stale_temps
 from archives import registry
 from config import Config
@@ -159,20 +166,205 @@ def existing_outputs(cfg: Config) -> list[Path]:
 
 
 def clear_for_fresh_start(cfg: Config, overwrite: bool, log: Callable[[str], None]) -> None:
-    """Without ``overwrite``: RunError if the run already has outputs. With it: remove them."""
+    """Without ``overwrite``: RunError if the run already has outputs. With it: set them aside
+    (:func:`set_aside`); inside :func:`guards_overwrite` they are deleted at the new run's first
+    epoch checkpoint or put back if it fails before, outside it they are deleted now."""
     found = existing_outputs(cfg)
     if not found:
         return
     if not overwrite:
         raise RunError(f"{found[0]}: run {cfg.run_name} already exists "
                        f"({', '.join(str(p) for p in found)}); continue it with --resume, or "
-                       "start it over with --overwrite (deletes them)")
-    for path in found:
-        log(f"--overwrite: removing {path}")
-        if path.is_dir():
-            shutil.rmtree(path)
+                       "start it over with --overwrite (replaces them once the new run has "
+                       "checkpointed its first epoch)")
+    aside = set_aside(cfg, log)
+    pending = _PENDING.get()
+    if pending is None:  # no guarded train() around this call: nothing to wait for
+        aside.commit()
+    else:
+        pending.append(aside)
+
+
+# ---- --overwrite: the earlier run is set aside until the new one has checkpointed an epoch ------
+# the asides of the guarded train() call running in this context (None outside one)
+_PENDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("_PENDING", default=None)
+ASIDE_MARK = ".overwritten-"  # .<name>.overwritten-<token>: a set-aside output
+
+
+def run_outputs(cfg: Config) -> list[Path]:
+    """What --overwrite replaces: checkpoints folder, feature model, summaries folder, dumped
+    config, features folder (retrieval). Other files of the weights folder stay (MiLaN's
+    training-feature cache, which checks itself against the records)."""
+    return [cfg.checkpoint_dir, cfg.feature_model_path, cfg.summaries_dir, cfg.config_dump_path,
+            cfg.features_dir]
+
+
+def overwrite_lock_path(cfg: Config) -> Path:
+    """The lock of an --overwrite in progress, beside the run's weights folder; it records what
+    was set aside, so that a killed process's overwrite can be finished or undone."""
+    return cfg.weights_dir.with_name(f".{cfg.weights_dir.name}.overwrite.lock")
+
+
+def check_not_linked(cfg: Config) -> None:
+    """RunError naming the first run output that is a symbolic link: --overwrite would move the
+    link, not what it points to, so it refuses before anything is moved. (A link higher up,
+    e.g. ``dumps/summaries`` or the run's weights folder, is followed: everything moves inside
+    its target.)"""
+    keys = ["dumps.model_weights", "dumps.model_weights", "dumps.summaries", "dumps.configs",
+            "dumps.features"]
+    for key, path in zip(keys, run_outputs(cfg), strict=True):
+        if path.is_symlink():
+            raise RunError(f"{path}: is a symbolic link (to {os.readlink(path)}); --overwrite "
+                           f"does not replace linked run outputs: remove the link (its target "
+                           f"is kept) or point {key} at the real folder. Nothing was changed")
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+class Aside:
+    """An earlier run's outputs renamed to ``.<name>.overwritten-<token>`` beside them, under the
+    overwrite lock (:func:`overwrite_lock_path`) that lists the moves."""
+
+    def __init__(self, cfg: Config, lock: locks.Lock, moves: list[tuple[Path, Path]], log):
+        self.cfg, self.lock, self.moves, self.log = cfg, lock, moves, log
+        self.done = False
+
+    def commit(self) -> None:
+        """Delete the set-aside outputs (the new run has proved it can run); idempotent."""
+        if self.done:
+            return
+        self.done = True
+        self.lock.update(phase="committed")
+        for _, aside in self.moves:
+            _delete(aside)
+        self.lock.release()
+        self.log(f"--overwrite: deleted the earlier run {self.cfg.run_name} "
+                 f"({', '.join(str(orig) for orig, _ in self.moves)})")
+
+    def restore(self) -> None:
+        """Remove what the new run wrote and put the earlier run back; idempotent."""
+        if self.done:
+            return
+        self.done = True
+        _undo(self.lock.info)
+        self.lock.release()
+        self.log(f"--overwrite: the new run stopped before its first epoch checkpoint; the "
+                 f"earlier run {self.cfg.run_name} is restored")
+
+
+def _undo(info: dict) -> None:
+    """Put back what an overwrite lock's record says was moved aside; when every move was done
+    (phase "moved"), first remove what the new run wrote at the run's output names."""
+    moves = [(Path(a), Path(b)) for a, b in info.get("moves", [])]
+    if info.get("phase") == "moved":
+        moved = {orig for orig, _ in moves}
+        for out in map(Path, info.get("outputs", [])):
+            if out not in moved:
+                _delete(out)
+    for orig, aside in reversed(moves):
+        if os.path.lexists(aside):
+            _delete(orig)
+            os.rename(aside, orig)
+
+
+def set_aside(cfg: Config, log: Callable[[str], None]) -> Aside:
+    """Rename the run's existing outputs to hidden sibling names (each rename is atomic) under
+    the overwrite lock; RunError (nothing changed) for a linked output, an overwrite of this run
+    already in progress, or a rename that fails (the done ones are undone)."""
+    check_not_linked(cfg)
+    try:
+        lock = locks.acquire(overwrite_lock_path(cfg), f"--overwrite of run {cfg.run_name}",
+                             what=f"run {cfg.run_name}", log=lambda m: log(f"note: {m}"))
+    except locks.LockHeld as err:
+        raise RunError(str(err)) from None
+    mark = ASIDE_MARK + lock.info["token"]
+    moves = [(p, p.with_name(f".{p.name}{mark}")) for p in run_outputs(cfg) if os.path.lexists(p)]
+    lock.update(phase="moving", moves=[[str(a), str(b)] for a, b in moves],
+                outputs=[str(p) for p in run_outputs(cfg)])
+    done: list[tuple[Path, Path]] = []
+    try:
+        for orig, aside in moves:
+            os.rename(orig, aside)
+            done.append((orig, aside))
+        lock.update(phase="moved")
+    except BaseException as err:
+        for orig, aside in reversed(done):
+            os.rename(aside, orig)
+        lock.release()
+        if isinstance(err, OSError):
+            raise RunError(f"{moves[len(done)][0] if len(done) < len(moves) else cfg.weights_dir}: "
+                           f"cannot be moved aside for --overwrite ({err.strerror or err}); "
+                           "nothing was changed") from None
+        raise
+    for orig, aside in moves:
+        log(f"--overwrite: moved {orig} aside to {aside.name} (deleted once the new run has "
+            "checkpointed its first epoch, put back if it stops before)")
+    return Aside(cfg, lock, moves, log)
+
+
+def checkpoint_written() -> None:
+    """Tell the guard that the run just checkpointed a whole epoch: the earlier run that
+    --overwrite set aside is deleted now (a no-op without one)."""
+    for aside in _PENDING.get() or []:
+        aside.commit()
+
+
+def recover_overwrite(cfg: Config, log: Callable[[str], None]) -> None:
+    """Finish an --overwrite of this run that a killed process left (its lock is stale): delete
+    the set-aside outputs if the new run had committed, else put the earlier run back. An
+    overwrite in progress in a live process is left alone."""
+    path = overwrite_lock_path(cfg)
+    info = locks.read(path)
+    if info is None or not info or not locks.is_stale(info, path):
+        return
+    try:
+        lock = locks.acquire(path, f"recovering run {cfg.run_name}", what=f"run {cfg.run_name}")
+    except locks.LockHeld:
+        return  # another process is recovering it right now
+    with lock:
+        if info.get("phase") == "committed":
+            for _, aside in info.get("moves", []):
+                _delete(Path(aside))
+            log(f"note: finished the --overwrite of run {cfg.run_name} that "
+                f"{locks.describe(info)} left: deleted the earlier run's set-aside outputs")
         else:
-            path.unlink()
+            _undo(info)
+            log(f"note: the --overwrite of run {cfg.run_name} by {locks.describe(info)} stopped "
+                "before its first epoch checkpoint: the earlier run is restored")
+
+
+def guards_overwrite(train: Callable) -> Callable:
+    """Decorator of ``training.train(cfg, ...)``: first finishes a killed process's overwrite of
+    the run (:func:`recover_overwrite`); then, for the outputs that ``clear_for_fresh_start``
+    sets aside during the call, puts them back when the call raises (or is interrupted) before
+    :func:`checkpoint_written`, and deletes them when it returns."""
+    @functools.wraps(train)
+    def guarded(cfg: Config, *args, **kwargs):
+        log = kwargs.get("log") or (lambda m: print(m, flush=True))
+        recover_overwrite(cfg, log)
+        token = _PENDING.set([])
+        try:
+            result = train(cfg, *args, **kwargs)
+        except BaseException:
+            for aside in reversed(_PENDING.get()):
+                try:
+                    aside.restore()
+                except OSError as err:  # say where the earlier run is; keep the first error
+                    log(f"warning: --overwrite: the earlier run could not be put back ({err}); "
+                        f"it is kept under {', '.join(str(b) for _, b in aside.moves)}")
+            raise
+        else:
+            for aside in _PENDING.get():
+                aside.commit()
+            return result
+        finally:
+            _PENDING.reset(token)
+    return guarded
 
 
 def remove_checkpoint_temps(ckpt_dir: str | os.PathLike) -> list[Path]:

@@ -7,8 +7,10 @@
   python study.py STUDY.json --collect       # only gather finished cells into the outputs
   python study.py STUDY.json --set nb_epoch=5 # override a train config key in every cell
 
-Finished cells are skipped; an interrupted cell resumes from its last checkpoint. See README,
-"Robustness study". Exit codes: 0 done, 2 bad study file or input, 130 interrupted.
+Finished cells are skipped; an interrupted cell resumes from its last checkpoint. A cell that
+another process is training (its claim in <out>/claims/) is skipped; --list shows who holds it
+(docs/reliability.md). See README, "Robustness study". Exit codes: 0 done, 2 bad study file or
+input, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -54,14 +56,19 @@ def main(argv=None) -> int:
     try:
         study = load_study(args.study, overrides)
         if args.list:
-            for cell, done in runner.status(study):
-                print(f"{cell.index:4d}  {cell.name:<32} {'finished' if done else 'pending'}")
+            for cell, state in runner.status(study):
+                print(f"{cell.index:4d}  {cell.name:<32} {state}")
             return 0
+        skipped = []  # cells that another process is training
         if not args.collect:
             cli_common.quiet_tensorflow(args.verbose)
             write_json_atomic(study.out / "study.json", to_dict(study))
             for i in runner.select(study, args.cell, args.shard):
-                runner.run_cell(study, i, show_progress=args.progress)
+                if runner.run_cell(study, i, show_progress=args.progress) is None:
+                    skipped.append(i)
+        if skipped:
+            print(f"{len(skipped)} cell(s) being trained by other processes were skipped "
+                  f"({', '.join(map(str, skipped))}); see --list, and collect once they finish")
         if args.cell is not None or args.shard is not None:
             return 0
         res = report.collect(study)

@@ -25,8 +25,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="as --resume, but start a run without a checkpoint silently "
                             "(for scripts that re-run a config until it is done)")
     start.add_argument("--overwrite", action="store_true",
-                       help="start over a run that already exists, deleting its checkpoints, "
-                            "summaries and outputs (without it such a run is refused)")
+                       help="start over a run that already exists: its checkpoints, summaries "
+                            "and outputs are set aside and deleted once the new run has "
+                            "checkpointed its first epoch, put back if it fails before (without "
+                            "it such a run is refused; see docs/reliability.md)")
     parser.add_argument("--max-epochs", type=int, default=None, metavar="N",
                         help="stop after N more epochs in this call (the run keeps nb_epoch; "
                              "finish later with --resume)")

@@ -7,8 +7,11 @@ checkpoints every epoch before validating it (and on Ctrl-C, mid-epoch, with the
 partial sums), stops on a non-finite loss without saving the bad state, and finally writes
 ``feature_model.keras`` and the dumped config atomically. Inputs are checked (``run_guard``)
 before any output of an earlier run is touched, and an existing run is never replaced without
-``overwrite=True``. Pieces: ``_set_up`` (guards, model, checkpoint), ``_train_epoch``,
-``_end_epoch`` / ``_report_epoch`` (checkpoint, validation, report), ``_export``.
+``overwrite=True``. After each probed epoch (``val_retrieval_every``) it measures validation
+retrieval and memorisation (evaluation/epoch_probe.py), keeps the per-epoch history and the best
+validation epoch with the checkpoint (run_history.py) and exports the epoch ``select`` names.
+Pieces: ``_set_up`` (guards, model, checkpoint), ``_train_epoch``, ``_end_epoch`` /
+``_report_epoch`` (checkpoint, validation, probe, report), ``_export``.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -27,6 +31,8 @@ import tensorflow as tf
 from tqdm import tqdm
 
 import run_guard
+import run_history
+import tb_logging
 from atomic_files import atomic_path, remove_stale_temps, write_json_atomic
 from config import Config, ConfigError
 from models.base import mean_metrics
@@ -55,6 +61,7 @@ class RunResult:
     model: Any = dataclasses.field(default=None, repr=False)
     optimizer: Any = dataclasses.field(default=None, repr=False)
     epochs_total: int | None = None  # of a complete run (0: a model with nothing to train)
+    chief: bool = True  # False: another worker of a multi-worker run (it writes no output)
 
 
 # ---- devices and strategy -----------------------------------------------------------------
@@ -75,15 +82,38 @@ def configure_devices(cfg: Config) -> None:
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """"default" -> the current strategy; "mirrored" -> every GPU (else every logical CPU);
-    "multi_worker" -> MultiWorkerMirroredStrategy (cluster from TF_CONFIG)."""
+    "multi_worker" -> MultiWorkerMirroredStrategy, its cluster from ``TF_CONFIG`` or, without
+    it, from the SLURM job step (:func:`cluster_resolver`). Call before TensorFlow runs any op:
+    collective ops are configured when the strategy is created (docs/training.md)."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver())
     raise ConfigError(f"strategy: unknown value {name!r}")
+
+
+SLURM_PORT_BASE = 8888  # first port of a SLURM node's workers (one port per task on the node)
+
+
+def cluster_resolver(environ: Mapping[str, str] = os.environ):
+    """The multi-worker cluster: ``TF_CONFIG`` when set (None: TensorFlow reads it); else,
+    inside a SLURM job step of several tasks (``srun``: ``SLURM_STEP_NUM_TASKS``), a
+    SlurmClusterResolver (one worker per task, worker 0 the chief); else None (one local
+    worker). Several tasks on one GPU node each get their share of its GPUs."""
+    if environ.get("TF_CONFIG") or int(environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) < 2:
+        return None
+    gpus = tf.config.list_physical_devices("GPU")
+    resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+        port_base=SLURM_PORT_BASE, gpus_per_node=len(gpus), auto_set_gpu=False)
+    tasks_here = max(resolver._task_configuration.values())  # noqa: SLF001 (no public getter)
+    if gpus and tasks_here > 1:  # CUDA_VISIBLE_DEVICES would come too late: TF found the GPUs
+        share = len(gpus) // tasks_here
+        local = int(environ.get("SLURM_LOCALID", "0"))
+        tf.config.set_visible_devices(gpus[local * share:(local + 1) * share], "GPU")
+    return resolver
 
 
 def _worker_role(strategy) -> tuple[bool, str]:
@@ -95,6 +125,41 @@ def _worker_role(strategy) -> tuple[bool, str]:
     spec = resolver.cluster_spec().as_dict() if resolver.cluster_spec() else {}
     chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in spec)
     return chief, f"{task_type}{task_id}"
+
+
+def synchronize_batch_norm(keras_models) -> int:
+    """Batch normalisation over the global batch (statistics all-reduced over every replica)
+    in each model; returns the number of layers changed. Without it each worker normalises by
+    its own part of the batch and updates its own copy of the moving statistics, so the
+    workers' models (and their validation figures) drift apart although every trainable
+    weight agrees."""
+    changed, seen = 0, set()
+    stack = list(keras_models)
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
+            layer.synchronized = True
+            changed += 1
+        stack.extend(getattr(layer, "layers", []))
+    return changed
+
+
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """``ds`` split among workers by DATA (docs/training.md, "Multi-worker training"): every
+    worker runs the whole pipeline and keeps its replicas' slices of each global batch, so a
+    step's global batch is exactly one process's batch (same shuffle, same augmentation, every
+    record once per epoch, whatever the number of workers). Not FILE, which TensorFlow's
+    default (AUTO) picks once there are as many record files as workers: each worker would
+    shuffle and batch its own files, the batches would depend on the number of workers, and
+    files of unequal sizes give the workers unequal numbers of records, padded with partial
+    or empty batches (measured: 3 files of 24/24/15 records, 2 workers, batch 8: 8 steps
+    instead of 7)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def make_optimizer(cfg: Config, adam_betas=(0.9, 0.999)) -> keras.optimizers.Optimizer:
@@ -158,9 +223,22 @@ def _write_scalars(writer, prefix: str, values: Mapping[str, float], step: int) 
 
 
 def _save_feature_model(model: keras.Model, path: Path) -> None:
-    """Save the retrieval model as a .keras file under a temporary name, then rename it."""
+    """Save the retrieval model as a .keras file under a temporary name, then rename it; its
+    output is float32 also under mixed precision (feature files stay float32)."""
     with atomic_path(path) as tmp:
-        model.save(str(tmp))
+        float32_output(model).save(str(tmp))
+
+
+def with_batch_transform(step: Callable, transform: Callable | None, strategy=None) -> Callable:
+    """``step`` applied to ``transform(batch)``, both in one compiled function (per replica
+    under ``strategy``): the pipeline hands compact batches over, the step normalises them."""
+    from models.base import compile_step
+
+    if transform is None:
+        return step
+    if strategy is None:
+        return compile_step(lambda batch: step(transform(batch)))
+    return compile_step(lambda batch: step(strategy.run(transform, args=(batch,))))
 
 
 def evaluate(eval_step: Callable, cfg: Config, paths) -> dict[str, float]:
@@ -194,10 +272,13 @@ class _Run:
         keras.utils.set_random_seed(cfg.seed)
         with strategy.scope():
             self.model = models.build_model(cfg)
+            if cfg.strategy == "multi_worker":
+                synchronize_batch_norm(self.model.keras_models.values())
             self.optimizer = make_optimizer(cfg, self.model.adam_betas)
             # builds the optimizer over every trainable variable (before any restore)
-            self.train_step = (self.model.make_train_step(
-                self.optimizer, strategy if self.distributed else None)
+            self.train_step = (with_batch_transform(self.model.make_train_step(
+                self.optimizer, strategy if self.distributed else None),
+                self.model.batch_transform(), strategy if self.distributed else None)
                 if self.model.epochs else None)
         self.eval_step = self.model.make_eval_step()
         # run counters live outside the strategy (plain host variables, not mirrored)
@@ -211,11 +292,20 @@ class _Run:
         self.pending = variable("", tf.string, "pending_report")
         # JSON {"sums", "steps"} of the unfinished epoch at a mid-epoch save; "" otherwise
         self.partial = variable("", tf.string, "epoch_partial_sums")
+        # JSON of the per-epoch history and the best validation epoch (run_history.py)
+        self.curves = variable("", tf.string, "curves")
         self.checkpoint = tf.train.Checkpoint(
             optimizer=self.optimizer, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
             training_time_s=self.time_s, pending_report=self.pending,
-            epoch_partial_sums=self.partial, **self.model.checkpointed())
-        self.ckpt_dir = cfg.checkpoint_dir if self.chief else cfg.checkpoint_dir / f"tmp-{worker}"
+            epoch_partial_sums=self.partial, curves=self.curves, **self.model.checkpointed())
+        self.probe = self.probe_fn = None
+        if cfg.val_retrieval_every > 0 and self.model.epochs:
+            from evaluation.epoch_probe import EpochProbe, make_probe_fn
+            self.probe, self.probe_fn = EpochProbe(cfg, log), make_probe_fn(self.model, cfg)
+        # other workers take part in every save (it may hold collective ops) but keep nothing:
+        # they write into a scratch folder of their own, removed after each save and at the end
+        self.ckpt_dir = (cfg.checkpoint_dir if self.chief else Path(tempfile.mkdtemp(
+            prefix=f"{cfg.run_name}-{worker}-checkpoints-")))
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.ckpt_dir),
                                                   max_to_keep=MAX_CHECKPOINTS)
         self.last_good: str | None = None
@@ -234,14 +324,15 @@ class _Run:
 
     def restore(self, resume: bool, say_if_none: bool) -> None:
         """Continue from the newest readable checkpoint (when ``resume``); start the clock."""
-        if resume and self.manager.checkpoints:
-            self.last_good = run_guard.restore_newest_readable(
-                self.checkpoint, self.manager.checkpoints, self.log)
+        # every worker restores the chief's checkpoint (a shared folder): the same state
+        paths = self.manager.checkpoints if self.chief else _checkpoints_in(self.cfg.checkpoint_dir)
+        if resume and paths:
+            self.last_good = run_guard.restore_newest_readable(self.checkpoint, paths, self.log)
             self.saved_pending = bool(self.pending.numpy())
             self.log(f"resumed from {self.last_good}: epoch {int(self.epoch)} done, "
                      f"{int(self.step_in_epoch)} step(s) into the next")
         elif resume and say_if_none:
-            self.log(f"--resume: no checkpoint in {self.ckpt_dir}; starting afresh")
+            self.log(f"--resume: no checkpoint in {self.cfg.checkpoint_dir}; starting afresh")
         self._clock = (time.perf_counter(), float(self.time_s))
 
     def elapsed(self) -> float:
@@ -261,35 +352,55 @@ class _Run:
         self.unsaved = False
         self.saved_pending = bool(self.pending.numpy())
         self.last_save_s = time.perf_counter()
-        if not self.chief:  # other workers must take part in saving but keep nothing
-            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-        else:
+        if self.chief:
             self.last_good = path
+        else:
+            self.remove_scratch()
+
+    def remove_scratch(self) -> None:
+        """A non-chief worker: delete its scratch checkpoints (after each save, at the end)."""
+        if not self.chief:
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+
+
+def _checkpoints_in(folder: Path) -> list[str]:
+    """The checkpoints listed in ``folder``'s index, oldest first ([] if none)."""
+    state = tf.train.get_checkpoint_state(str(folder))
+    return list(state.all_model_checkpoint_paths) if state else []
 
 
 def _set_up(cfg: Config, resume: bool, overwrite: bool, say_if_none: bool, log,
             progress: bool) -> _Run:
     """Check every input, apply the existing-run rule, clear leftovers, build the run and
     restore its checkpoint."""
-    run_guard.check_inputs(cfg)
-    run_guard.check_outputs(cfg)
+    # the strategy first: a multi-worker one must exist before TensorFlow runs any op (the
+    # input checks read the record files); creating it writes nothing
     configure_devices(cfg)
     strategy = make_strategy(cfg.strategy)
-    if _worker_role(strategy)[0]:
+    run_guard.check_inputs(cfg)
+    run_guard.check_outputs(cfg)
+    chief = _worker_role(strategy)[0]
+    if chief:  # only the chief touches the run's outputs (other workers may share the folders)
         for path in run_guard.remove_checkpoint_temps(cfg.checkpoint_dir):
             log(f"removed {path}, left by an interrupted or failed checkpoint write")
         if not resume:
             run_guard.clear_for_fresh_start(cfg, overwrite, log)
-    for path in remove_stale_temps(cfg.weights_dir) + remove_stale_temps(cfg.config_dump_path.parent):
-        log(f"removed {path}, left by an interrupted earlier run")
+        for path in (remove_stale_temps(cfg.weights_dir)
+                     + remove_stale_temps(cfg.config_dump_path.parent)):
+            log(f"removed {path}, left by an interrupted earlier run")
     run = _Run(cfg, strategy, log)
     run.model.prepare(log, progress)  # e.g. MiLaN's feature cache (before the restore)
     run.restore(resume, say_if_none)
+    if chief and not run.last_good:  # a run that starts: its config as TensorBoard hparams
+        tb_logging.write_hparams(cfg)
     log(f"strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s)")
     return run
 
 
 @with_config_policy  # mixed_precision: Keras' global policy for this run, restored after it
+# --overwrite: the earlier run is set aside, not deleted, until this run checkpoints its first
+# epoch (run_guard.checkpoint_written in _end_epoch); put back if train() raises before (run_guard)
+@run_guard.guards_overwrite
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
           max_epochs: int | None = None, show_progress: bool = True,
           log: Callable[[str], None] = _print, say_if_nothing_to_resume: bool = True
@@ -329,6 +440,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         raise
     finally:
         writer.close()
+        run.remove_scratch()
     return _export(run)
 
 
@@ -343,7 +455,7 @@ def _train_epoch(run: _Run, writer, epoch: int, show_progress: bool) -> None:
     if skip:
         ds = ds.skip(skip)
     if run.distributed:
-        ds = run.strategy.experimental_distribute_dataset(ds)
+        ds = run.strategy.experimental_distribute_dataset(shard_by_data(ds))
     run.epoch_start_iter = _iterations(run.optimizer) - skip
     done = skip
     bar = tqdm(total=run.n_batches, initial=skip, desc=f"epoch {epoch + 1}/{cfg.nb_epoch}",
@@ -396,9 +508,12 @@ def _end_epoch(run: _Run, writer, epoch: int, last: bool) -> None:
     run.partial.assign("")
     run.epoch_start_iter = None
     run.time_s.assign(run.elapsed())
-    if last or time.perf_counter() - run.last_save_s >= run.model.checkpoint_every_s:
+    # multi-worker: every epoch (each worker's clock differs; all must take part in a save)
+    every = 0.0 if run.cfg.strategy == "multi_worker" else run.model.checkpoint_every_s
+    if last or time.perf_counter() - run.last_save_s >= every:
         run.pending.assign(json.dumps(run.means))
         run.save()
+        run_guard.checkpoint_written()  # --overwrite: the set-aside earlier run is deleted now
     _report_epoch(run, writer, epoch + 1)
 
 
@@ -420,16 +535,71 @@ def _report_epoch(run: _Run, writer, epoch: int) -> None:
             if named is err:
                 raise
             raise named from None
-    # both written once validation succeeded: a resumed epoch never logs them twice
+    probed = _probe_epoch(run, val, epoch)
+    # all written once validation succeeded: a resumed epoch never logs them twice
     _write_scalars(writer, "epoch_train", run.means, step)
     _write_scalars(writer, "val", val, step)
+    _write_probe_scalars(writer, probed, step)
     writer.flush()
     run.pending.assign("")
     run.val, run.reported = val, True
     msg = f"epoch {epoch}/{cfg.nb_epoch}: loss {run.means.get('loss', math.nan):.4f}"
     if val:
         msg += f", val loss {val.get('loss', math.nan):.4f}"
+    if probed:
+        msg += _probe_text(probed)
     run.log(f"{msg} ({run.elapsed():.1f} s total)")
+
+
+def _probe_epoch(run: _Run, val: Mapping[str, float], epoch: int) -> dict:
+    """Record epoch ``epoch`` (``run.means``, ``val``) in the run's history, with validation
+    retrieval and memorisation when the epoch is probed (returned; {} otherwise); writes the
+    best feature model when the validation retrieval improves. A damaged record file raises
+    RunError naming it."""
+    cfg = run.cfg
+    probed: dict = {}
+    if run.probe is not None and run.probe.due(epoch):
+        paths = list(cfg.noisy_train_paths) + list(cfg.val_tfrecord_paths)
+        try:
+            probed = run.probe.measure(run.probe_fn)
+        except tf.errors.OpError as err:
+            named = run_guard.records_error(
+                paths, cfg.dataset, err,
+                f"epoch {epoch} is checkpointed ({run.last_good}); replace the file and "
+                "continue with --resume, which validates it")
+            if named is err:
+                raise
+            raise named from None
+    entry = {"epoch": epoch, **run.means, **{f"val_{k}": v for k, v in val.items()}, **probed}
+    state, best = run_history.record(run_history.load_state(run.curves.numpy().decode()), entry)
+    if best and run.chief:
+        _save_feature_model(run.model.retrieval_model(), cfg.weights_dir / run_history.BEST_FILE)
+    run.curves.assign(run_history.dump_state(state))
+    return probed
+
+
+def _write_probe_scalars(writer, probed: Mapping, step: int) -> None:
+    """``val/retrieval_<metric>``, ``memorisation/corrupted_fitted`` and ``.../clean_fitted``
+    (the finite ones)."""
+    values = {}
+    if "retrieval_metric" in probed:
+        values[f"val/retrieval_{probed['retrieval_metric']}"] = probed["val_retrieval"]
+    for key in ("corrupted_fitted", "clean_fitted"):
+        if key in probed:
+            values[f"memorisation/{key}"] = probed[key]
+    with writer.as_default(step=step):
+        for tag, value in values.items():
+            if math.isfinite(value):
+                tf.summary.scalar(tag, value)
+
+
+def _probe_text(probed: Mapping) -> str:
+    text = ""
+    if "retrieval_metric" in probed:
+        text += f", val {probed['retrieval_metric']} {probed['val_retrieval']:.4f}"
+    fitted = [f"{k.split('_')[0]} {probed[k]:.3f}" for k in ("corrupted_fitted", "clean_fitted")
+              if math.isfinite(probed.get(k, math.nan))]
+    return text + (", fitted " + " / ".join(fitted) if fitted else "")
 
 
 def _save_on_interrupt(run: _Run, why: str = "interrupted") -> None:
@@ -466,16 +636,25 @@ def _export(run: _Run) -> RunResult:
     feature_path = dump_path = None
     if completed and run.chief:
         feature_path = cfg.feature_model_path
-        _save_feature_model(float32_output(run.model.retrieval_model()), feature_path)
+        state = run_history.load_state(run.curves.numpy().decode())
+        selected = run_history.selected_epoch(state, cfg.select, done)
+        if selected == done:
+            _save_feature_model(run.model.retrieval_model(), feature_path)
+        else:
+            run_history.copy_atomic(cfg.weights_dir / run_history.BEST_FILE, feature_path)
+            run.log(f"select best_val: exported epoch {selected} (validation retrieval "
+                    f"{state['best_value']:.4f}), not the last ({done})")
         dump_path = cfg.config_dump_path
         if not run.reported:  # nothing trained or validated in this call: keep earlier metrics
             final = _previous_final_metrics(dump_path)
         else:
             final = {**run.means, **{f"val_{k}": v for k, v in run.val.items()}}
         write_json_atomic(dump_path, cfg.dump_dict(training_time_s=round(float(run.time_s), 3),
-                                                   final_metrics=final))
+                                                   final_metrics=final,
+                                                   history=state["history"],
+                                                   selected_epoch=selected))
     return RunResult(cfg, done, completed, float(run.time_s), run.means, run.val,
-                     feature_path, dump_path, run.model, run.optimizer, total)
+                     feature_path, dump_path, run.model, run.optimizer, total, run.chief)
 
 
 def _previous_final_metrics(path: Path) -> dict[str, float]:
@@ -499,7 +678,9 @@ def summary_lines(result: RunResult) -> list[str]:
             f"{k} {v:.4f}" for k, v in result.val_metrics.items()))
     lines.append(f"  checkpoints: {cfg.checkpoint_dir}")
     lines.append(f"  TensorBoard: tensorboard --logdir {cfg.summaries_dir}")
-    if result.completed:
+    if result.completed and not result.chief:
+        lines.append("  outputs are written by the chief worker")
+    elif result.completed:
         lines.append(f"  feature model: {result.feature_model_path}")
         lines.append(f"  config: {result.config_dump_path}")
     else:

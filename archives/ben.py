@@ -34,6 +34,7 @@ import numpy as np
 from bigearthnet_common import constants as ben_constants
 
 from archives import registry
+from archives.prep_cli import locks_output
 from archives.report import PrepError
 
 INFO = registry.BEN  # the archive's facts live in its light description
@@ -49,7 +50,7 @@ TRAIN_CROP = INFO.train_crop
 BAND_NAMES = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 BAND_SIZES = {"B01": 20, "B02": 120, "B03": 120, "B04": 120, "B05": 60, "B06": 60, "B07": 60,
               "B08": 120, "B8A": 60, "B09": 20, "B11": 60, "B12": 60}
-BAND_STATS = registry.BEN_BAND_STATS  # per-band mean / std of raw reflectance (SPEC 1)
+BAND_STATS = registry.BEN_BAND_STATS  # per-band mean / std of raw reflectance (the published values)
 MODEL_BANDS = INFO.channel_names
 HIGH_RES_BANDS = MODEL_BANDS[:4]  # 10 m bands, then the 20 m ones resized to 120 x 120
 LOW_RES_BANDS = MODEL_BANDS[4:]
@@ -195,6 +196,23 @@ def read_patch_worker(args: tuple) -> tuple[str, dict | None, str | None]:
 
 # ---------------------------------------------------------------- splits
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` (a patch name from a split CSV or a metadata parquet) cannot be used as one
+    folder name under the archive root, or None: it must be non-empty and hold no path
+    separator (``/`` or ``\\``), no ``..`` and no NUL, so that the folder it names stays under
+    the root. (Symbolic links inside the root are followed: a root assembled from links works.)"""
+    if not name or name == ".":
+        return "empty or '.'"
+    if "/" in name or "\\" in name:
+        return "holds a path separator"
+    if "\0" in name:
+        return "holds a NUL character"
+    if ".." in name:
+        return "holds '..'"
+    return None
+
+
+
 def read_split_csv(path: str | os.PathLike) -> list[str]:
     """Patch names of a split file (first field of each non-empty line, file order kept).
 
@@ -241,7 +259,7 @@ def official_splits(root: str | os.PathLike) -> tuple[dict[str, list[str]], dict
 # ---------------------------------------------------------------- label noise
 
 def inject_noise(clean: np.ndarray, percent: int, rng: np.random.Generator) -> np.ndarray:
-    """Noisy copy of clean multi-hot labels (N, C) float32, SPEC section 2 for BEN.
+    """Noisy copy of clean multi-hot labels (N, C) float32: BigEarthNet's rule (docs/data.md).
 
     ``archives.noise.pick_count`` (percent % of the positive (patch, class) pairs, rounded
     down as published) pairs are picked uniformly without replacement; each picked class is set to 0 and one
@@ -424,10 +442,13 @@ def resolve_splits(root: Path, csvs: dict, skip_invalid: bool, skipped: list) ->
         names = read_split_csv(given[split])
         kept = []
         for name in names:
-            if (root / name).is_dir():
+            problem = name_problem(name)
+            if problem is None and (root / name).is_dir():
                 kept.append(name)
                 continue
-            msg = f"{given[split]}: patch {name} is not under {root}"
+            msg = (f"{given[split]}: patch {name!r} is not a folder name ({problem}); names "
+                   "must not leave the root" if problem else
+                   f"{given[split]}: patch {name} is not under {root}")
             skip_or_raise(InvalidPatch(msg), skip_invalid, skipped, root / name, msg)
         splits[split], absent[split] = kept, len(names) - len(kept)
     seen: dict[str, str] = {}
@@ -451,6 +472,7 @@ def encode_shard_item(item: tuple) -> tuple[str, bytes, None]:
     return patch, encode_examples(patch, bands, labels19, clean, [clean], schema)[0], None
 
 
+@locks_output
 def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = NOISE_LEVELS,
             seed: int = 42, schema: str = "compact", workers: int = 1,
             skip_invalid: bool = False, progress: bool = True, layout: str | None = None,

@@ -53,6 +53,7 @@ import numpy as np
 from archives import ben, benv2_noise, registry
 from archives import benv2_layout as v2
 from archives.ben import InvalidPatch
+from archives.prep_cli import locks_output
 
 NAME = "BENv2"
 CLASS_NAMES = ben.CLASS_NAMES
@@ -321,6 +322,7 @@ def encode_shard_item(item: tuple) -> tuple[str, bytes, dict]:
     return patch, raw, extras
 
 
+@locks_output
 def prepare(root, out, csvs: dict | None = None, noise_levels: Sequence[int] = NOISE_LEVELS,
             seed: int = 42, s1_storage: str = S1_STORAGE, workers: int = 1,
             skip_invalid: bool = False, progress: bool = True, layout: str | None = None,

@@ -1,6 +1,6 @@
 """BigEarthNet v2.0 (reBEN) raw layout: recognition, parquet metadata, CORINE code table, patch readers.
 
-SPEC section 7. Under one root::
+docs/data.md, 'Getting the real data'. Under one root::
 
     BigEarthNet-S2/<tile>/<patch>/<patch>_<band>.tif           12 bands, uint16, 120/60/20 px
     BigEarthNet-S1/<S1 product>/<S1 patch>/<S1 patch>_VV.tif   float32 dB, 120x120 (and _VH)
@@ -59,7 +59,7 @@ PATCH_SIZE = 120
 S1_BANDS = ("VV", "VH")
 PARTS = ("s2", "s1", "map")
 
-# 19-class id of every CORINE level-3 code that has one (SPEC section 7); every other code,
+# 19-class id of every CORINE level-3 code that has one (the release's table); every other code,
 # 999 (no CORINE data) included, is unlabelled (-1)
 CORINE_TO_CLASS = {
     111: 0, 112: 0, 121: 1, 211: 2, 212: 2, 213: 2, 221: 3, 222: 3, 223: 3, 241: 3, 231: 4,
@@ -71,7 +71,7 @@ UNLABELLED_CODES = (122, 123, 124, 131, 132, 133, 141, 142, 332, 334, 335, 423, 
 _CODE_LUT = np.full(65536, -1, np.int8)
 _CODE_LUT[list(CORINE_TO_CLASS)] = list(CORINE_TO_CLASS.values())
 
-BAND_STATS = registry.BENV2_BAND_STATS  # v2 train split (SPEC section 7), in the registry
+BAND_STATS = registry.BENV2_BAND_STATS  # v2 train split statistics, in the registry
 
 
 class InvalidMetadata(ValueError):
@@ -254,8 +254,10 @@ def read_metadata(layout: Layout, skip_invalid: bool = False,
     """The usable rows of ``metadata.parquet``: rows flagged with snow or cloud/shadow, or listed
     in the snow/cloud/shadow parquet, are left out (counted in ``left_out``). A row with a label
     outside the 19-class nomenclature, a split other than train/validation/test, a null
-    ``labels`` or ``s1_name``, or a malformed patch name raises InvalidPatch naming the parquet
-    and the patch, or is skipped and listed in ``skipped``; a repeated patch_id raises."""
+    ``labels`` or ``s1_name``, a malformed patch name, or a ``patch_id`` / ``s1_name`` that is
+    not one plain folder name (a path separator or ``..``: ``archives.ben.name_problem``) raises
+    InvalidPatch naming the parquet and the patch, or is skipped and listed in ``skipped``; a
+    repeated patch_id raises."""
     from archives.common import skip_or_raise
 
     skipped = [] if skipped is None else skipped
@@ -298,6 +300,10 @@ def read_metadata(layout: Layout, skip_invalid: bool = False,
             bad[r] = f"split {s!r} is not one of {', '.join(SPLIT_VALUES)}"
         elif s1n is None:
             bad[r] = "s1_name is null (expected the paired S1 patch name)"
+        elif ben.name_problem(p) or ben.name_problem(s1n):
+            column, value = ("patch_id", p) if ben.name_problem(p) else ("s1_name", s1n)
+            bad[r] = (f"{column} {value!r} is not a folder name ({ben.name_problem(value)}); "
+                      "names must not leave the root")
         else:
             try:
                 tile_of(p)

@@ -1,4 +1,4 @@
-"""Pixel-map label noise for BigEarthNet v2.0: the DLRSD rule (SPEC section 2) on reference maps.
+"""Pixel-map label noise for BigEarthNet v2.0: the DLRSD rule (docs/data.md) on reference maps.
 
 Over the whole train split: the (patch, positive label) pairs of the clean multi-hot labels are
 listed patch by patch, class by class; ``archives.noise.pick_count`` of them (the published

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Callable, Hashable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from archives.prep_cli import lock_output_folder
 from atomic_files import WriteError, atomic_path, remove_stale_temps
 
 
@@ -197,15 +199,17 @@ def overlay_table(res, reader: RecordParser) -> dict:
 
 
 def check_writable(folder: str | os.PathLike) -> None:
-    """Create ``folder`` and probe it with a tiny file; ValueError naming it when it cannot be written."""
+    """Create ``folder`` and probe it with a tiny file; ValueError naming it when it cannot be
+    written. Inside a prep function (``prep_cli.locks_output``) the folder is locked from here
+    on (``locks.LockHeld`` naming the holder when another prep writes there)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=folder):  # an unpredictable, exclusive name
+            pass
     except OSError as err:
         raise ValueError(f"{folder}: output folder cannot be written ({err.strerror or err})") from err
+    lock_output_folder(folder)
     for path in remove_stale_temps(folder):
         warnings.warn(f"removed {path}, left by an interrupted earlier run", stacklevel=2)
 

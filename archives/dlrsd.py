@@ -43,6 +43,7 @@ from PIL import Image
 from archives import registry
 from archives.common import (RecordParser, atomic_tfrecord_writer, bytes_feature, check_writable, example_keys,
                              float_feature, records_dataset, skip_or_raise)
+from archives.prep_cli import locks_output
 from archives.report import PrepError
 
 INFO = registry.DLRSD  # the archive's facts live in its light description
@@ -432,6 +433,7 @@ def _scene_loads(items, pool, label_table, ml_path, bar, skip_invalid: bool, ski
         yield scene, out
 
 
+@locks_output
 def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = NOISE_LEVELS,
             seed: int = 42, schema: str = "compact", multi_labels=None, skip_invalid: bool = False,
             progress: bool = True, workers: int = 1, layout: str | None = None,

@@ -1,4 +1,4 @@
-"""Label-noise injection helpers shared by the archive modules (SPEC section 2)."""
+"""Label-noise injection helpers shared by the archive modules (docs/data.md, 'Label noise')."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,7 +19,7 @@ def pick_count(pairs_count: int, prcnt: float) -> int:
     """Number of pairs to pick: ``prcnt`` % of ``pairs_count``, rounded down.
 
     Written as the published prep scripts compute it, ``int(pairs * N * 0.01)``, so a user gets
-    exactly the published amount of noise (SPEC section 2)."""
+    exactly the published amount of noise (docs/data.md, 'Label noise')."""
     return int(pairs_count * prcnt * 0.01)
 
 

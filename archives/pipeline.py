@@ -96,19 +96,57 @@ def _window(t, oy, ox, flip_ud, flip_lr, size_h: int, size_w: int):
     return tf.gather(t, axis_index(ox, flip_lr, size_w), axis=2, batch_dims=1)
 
 
+def finish_batch(b: dict, dataset, training: bool) -> dict:
+    """A compact batch of ``make_dataset(..., compact=True)`` as the model sees it: crop, flips,
+    normalisation ((x - mean) / std, float32) and brightness, vectorised; maps follow the image
+    (int32) and the noisy map is looked up. The pipeline applies it itself by default; the
+    training loop applies it in the compiled step instead (docs/full-scale.md)."""
+    info = registry.get(dataset)
+    h, w = info.image_shape[:2]
+    crop = info.train_crop
+    maps = {k: b[k] for k in _MAP_KEYS if k in b}
+    spatial = [b["image"]] + list(maps.values())
+    ch, cw = (crop, crop) if crop else (h, w)
+    if training:
+        spatial = [_window(t, b["_oy"], b["_ox"], b["_flip_ud"], b["_flip_lr"], ch, cw)
+                   for t in spatial]
+    elif crop:
+        oy, ox = (h - crop) // 2, (w - crop) // 2
+        spatial = [t[:, oy:oy + crop, ox:ox + crop] for t in spatial]
+    out = {k: b[k] for k in _LABEL_KEYS + ("sample_index",) if k in b}
+    mean = tf.constant(info.model_mean, tf.float32)
+    std = tf.constant(info.model_std, tf.float32)
+    out["image"] = (tf.cast(spatial[0], tf.float32) - mean) / std
+    if training:
+        out["image"] = out["image"] + b["_delta"][:, None, None, None]
+    for k, t in zip(maps, spatial[1:]):
+        out[k] = tf.cast(t, tf.int32)
+    if "_lut" in b:
+        out["noisy_seg_map"] = tf.gather(b["_lut"], out["seg_map"] + 1, batch_dims=1)
+    return out
+
+
 def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: int = 0,
                  epoch: int = 0, shuffle_buffer: int | None = None,
                  drop_remainder: bool = False, skip_batches: int = 0,
-                 cycle: int | None = None) -> tf.data.Dataset:
+                 cycle: int | None = None, indices=None,
+                 compact: bool = False) -> tf.data.Dataset:
     """Batched dicts ready for the model (docs/interfaces.md, "Input pipeline"). ``dataset``: a
     registered name or an ``archives.registry.ArchiveInfo`` (e.g. one band set's). ``paths``:
     record files, a glob or a sharded split's name, and optionally its noise overlay
     (archives.record_files). ``skip_batches``: start after that many batches of the epoch,
     skipping serialized records (as ``ds.skip(skip_batches)`` would, without parsing them).
-    ``cycle``: shards read at once (default CYCLE)."""
+    ``cycle``: shards read at once (default CYCLE). ``indices`` (evaluation only): keep just the
+    records at these positions (the ``sample_index`` values), dropped before parsing.
+    ``compact``: batches as parsed (uint8/uint16 images, int8 maps, full size) with the
+    augmentation draws (keys starting with "_"), for ``finish_batch`` to turn into the model's
+    batches in the compiled step: the cast and normalisation cost the input pipeline as much CPU
+    as parsing does."""
     from archives.record_files import RecordFilesError, counts_of, resolve
 
     info = registry.get(dataset)
+    if indices is not None and training:
+        raise ValueError("make_dataset: indices select evaluation records; training reads all")
     map_keys = _MAP_KEYS if info.has_pixel_maps else ()
     module = info.load()
     # small element dtypes (uint8/uint16 images, int8 maps) keep the parsed buffers small
@@ -128,8 +166,6 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
     else:  # an archive module with parse_records only: parsed records, in file order
         def parse(form_id, ex):
             return ex
-    mean = tf.constant(info.model_mean, tf.float32)
-    std = tf.constant(info.model_std, tf.float32)
     h, w = info.image_shape[:2]
     crop = info.train_crop
     lut = None
@@ -153,27 +189,6 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
             out.update(_draws(seed, epoch, index, h, w, crop))
         return out
 
-    def finish(b):
-        """Crop, flip, normalise and brighten a batch, vectorised; maps follow the image."""
-        maps = {k: b[k] for k in map_keys if k in b}
-        spatial = [b["image"]] + list(maps.values())
-        ch, cw = (crop, crop) if crop else (h, w)
-        if training:
-            spatial = [_window(t, b["_oy"], b["_ox"], b["_flip_ud"], b["_flip_lr"], ch, cw)
-                       for t in spatial]
-        elif crop:
-            oy, ox = (h - crop) // 2, (w - crop) // 2
-            spatial = [t[:, oy:oy + crop, ox:ox + crop] for t in spatial]
-        out = {k: b[k] for k in _LABEL_KEYS + ("sample_index",)}
-        out["image"] = (tf.cast(spatial[0], tf.float32) - mean) / std
-        if training:
-            out["image"] = out["image"] + b["_delta"][:, None, None, None]
-        for k, t in zip(maps, spatial[1:]):
-            out[k] = tf.cast(t, tf.int32)
-        if "_lut" in b:
-            out["noisy_seg_map"] = tf.gather(b["_lut"], out["seg_map"] + 1, batch_dims=1)
-        return out
-
     if res is None:
         ds = module.parse_records(paths, **kwargs).enumerate().map(
             lambda i, ex: (i, tf.constant(0, tf.int64), ex))
@@ -189,9 +204,27 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
         ds = stateless_shuffle(ds, buffer, seed, epoch)
     else:
         ds = indexed_records(res.files, file_offsets(counts) if not single else [0], form_ids)
+    if indices is not None:
+        keep = tf.constant(_position_mask(indices))
+        last = tf.cast(tf.shape(keep)[0] - 1, tf.int64)
+        ds = ds.filter(lambda i, *_: (i <= last) & tf.gather(keep, tf.minimum(i, last)))
     if skip_batches:
         ds = ds.skip(int(skip_batches) * int(batch_size))
     ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if not compact:
+        ds = ds.map(lambda b: finish_batch(b, info, training),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _position_mask(indices):
+    """Boolean mask over record positions 0..max(indices), True at ``indices``."""
+    import numpy as np
+
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    if idx.size and idx.min() < 0:
+        raise ValueError(f"make_dataset: indices must be >= 0, got {int(idx.min())}")
+    mask = np.zeros(int(idx.max()) + 1 if idx.size else 1, bool)
+    mask[idx] = True
+    return mask

@@ -8,18 +8,32 @@
   archives' own ``InvalidInput`` / ``InvalidPatch`` are PrepErrors): the script prints
   ``error: <message>`` and exits 2;
 - one report format: ``PrepReport.summary()`` (plus archive-specific notes), the JSON report and
-  ``records_meta.json`` beside the records.
+  ``records_meta.json`` beside the records;
+- one output folder, one prep at a time: every ``prepare`` function holds the lock of
+  ``<out>/TFRecord`` from checking that folder until it returns (:func:`locks_output`; a second
+  prep there exits 2 naming the holder; the tasks of one ``--shard K/N`` prep share it). See
+  docs/reliability.md.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
+import functools
+import inspect
 import os
+import re
 import sys
 import warnings
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import cli_common
+import locks
+from atomic_files import remove_stale_temps
 from archives.report import PrepError, PrepReport  # noqa: F401  (PrepError: re-exported)
+
+PREP_LOCK = ".prep.lock"  # in <out>/TFRecord while a prepare function writes there
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
@@ -92,6 +106,80 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, purpose: str,
+                task: str | None = None) -> Iterator[locks.Lock]:
+    """Hold the lock of a prep output folder while the block runs; released on every way out
+    (after removing this process's temporaries there when the block raised).
+
+    A whole prep holds ``<folder>/.prep.lock``; task ``K/N`` of a ``--shard`` prep (several
+    tasks write one folder together) holds ``.prep-task-K-of-N.lock`` and shares the folder with
+    the other tasks, but not with a whole prep, nor with a second run of the same task. A
+    second process gets ``locks.LockHeld`` (a ValueError naming the holder: pid, host, since
+    when); a stale lock (its process gone) is taken over with a warning."""
+    folder = Path(folder)
+    k_n = _task(task)
+    name = PREP_LOCK if k_n is None else f".prep-task-{k_n[0]}-of-{k_n[1]}.lock"
+    try:
+        lock = locks.acquire(folder / name, purpose, what=str(folder),
+                             log=lambda msg: warnings.warn(msg, stacklevel=4))
+    except OSError as err:
+        raise ValueError(f"{folder}: output folder cannot be written "
+                         f"({err.strerror or err})") from err
+    with lock:
+        # a whole prep and the tasks of a sharded one exclude each other (each looks after
+        # taking its own lock: of two that start together, at least one sees the other)
+        others = [folder / PREP_LOCK] if k_n else sorted(folder.glob(".prep-task-*-of-*.lock"))
+        for other in others:
+            holder = locks.read(other)
+            if holder and not locks.is_stale(holder, other):
+                raise locks.LockHeld(other, holder, str(folder))
+        try:
+            yield lock
+        except BaseException:  # Ctrl-C may strike before a temporary's own clean-up is armed
+            remove_stale_temps(folder, own=True)
+            raise
+
+
+def _task(text: str | None) -> tuple[int, int] | None:
+    """(K, N) of a well-formed ``--shard K/N``, else None (the prep itself names a bad one)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text)) if text is not None else None
+    return (int(m.group(1)), int(m.group(2))) if m and int(m.group(1)) < int(m.group(2)) else None
+
+
+# the prepare() call running in this context: (its ExitStack, its name, its --shard); see
+# locks_output
+_RUNNING: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("_RUNNING", default=None)
+
+
+def locks_output(prepare: Callable) -> Callable:
+    """Decorator of a ``prepare`` function: the output folder it checks with
+    ``archives.common.check_writable`` (after validating its arguments, before reading or
+    writing anything) is locked from then until the call returns (:func:`output_lock`; the
+    function's ``shard`` argument, when it has one, names its task)."""
+    signature = inspect.signature(prepare)
+
+    @functools.wraps(prepare)
+    def locked(*args, **kwargs):
+        shard = signature.bind(*args, **kwargs).arguments.get("shard")
+        with contextlib.ExitStack() as stack:
+            token = _RUNNING.set((stack, f"{prepare.__module__}.prepare", shard))
+            try:
+                return prepare(*args, **kwargs)
+            finally:
+                _RUNNING.reset(token)
+    return locked
+
+
+def lock_output_folder(folder: str | os.PathLike) -> None:
+    """Inside a :func:`locks_output` call, hold ``folder``'s lock until that call returns
+    (``locks.LockHeld`` when another process holds it); elsewhere nothing."""
+    running = _RUNNING.get()
+    if running is not None:
+        stack, purpose, shard = running
+        stack.enter_context(output_lock(folder, purpose, shard))
 
 
 def init_worker() -> None:

@@ -165,7 +165,7 @@ DLRSD = register(ArchiveInfo(
 
 # ---------------------------------------------------------------- BigEarthNet-S2 v1.0
 
-BEN_BAND_STATS = {  # per-band mean / std of raw reflectance (SPEC section 1)
+BEN_BAND_STATS = {  # per-band mean / std of raw reflectance (the published values)
     "mean": {"B01": 340.76769064, "B02": 429.9430203, "B03": 614.21682446,
              "B04": 590.23569706, "B05": 950.68368468, "B06": 1792.46290469,
              "B07": 2075.46795189, "B08": 2218.94553375, "B8A": 2266.46036911,
@@ -197,7 +197,7 @@ BEN = register(ArchiveInfo(
 
 # ---------------------------------------------------------------- BigEarthNet v2.0 (reBEN)
 
-BENV2_BAND_STATS = {  # v2 train split (ConfigILM, 20 m bands resized to 120 px bicubic), SPEC 7
+BENV2_BAND_STATS = {  # v2 train split (ConfigILM, 20 m bands resized to 120 px bicubic)
     "mean": {"B01": 360.64, "B02": 438.37, "B03": 614.06, "B04": 588.41, "B05": 942.75,
              "B06": 1769.85, "B07": 2049.48, "B08": 2193.29, "B8A": 2235.49, "B09": 2241.09,
              "B11": 1568.21, "B12": 997.72, "VV": -12.64, "VH": -19.35},

@@ -8,7 +8,7 @@
 * ``BigEarthNet-S1/<S1 product>/<S1 patch>/<S1 patch>_{VV,VH}.tif``: float32 dB, 120x120;
 * ``Reference_Maps/<tile>/<patch>/<patch>_reference_map.tif``: uint16 CORINE codes, 120x120,
   including codes that map to no 19-class id (e.g. 122, 332) and 999;
-* ``metadata.parquet`` (the ``n_patches`` usable patches, all SPEC 7 columns, ``labels`` sorted
+* ``metadata.parquet`` (the ``n_patches`` usable patches, all the release's columns, ``labels`` sorted
   alphabetically within each row, about a third of ``s2v1_name`` null, all three splits) and
   ``metadata_for_patches_with_snow_cloud_or_shadow.parquet`` (a few more patches, present on
   disk too, flagged with snow or cloud/shadow).

@@ -130,9 +130,11 @@ def plan_tasks(tf_dir: Path, split_items: dict, *, seed: int, per_shard: int, en
 # ---------------------------------------------------------------- writing
 
 def temp_path(path: str) -> str:
-    """``<stem>.tmp-<pid><suffix>``, the temporary-name pattern of atomic_files."""
-    p = Path(path)
-    return str(p.with_name(f"{p.stem}.tmp-{os.getpid()}{p.suffix}"))
+    """A new temporary file beside ``path`` (``atomic_files.new_temp``: an unpredictable name,
+    created exclusively, never through a link)."""
+    from atomic_files import new_temp
+
+    return str(new_temp(path))
 
 
 def write_shard(task: ShardTask) -> ShardResult:

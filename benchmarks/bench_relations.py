@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_relations.py [--batch 64] [--size 224] [--classes 17]
 
 The reference (here only) builds one networkx graph per map: nodes = present classes with
-their pixel share and centre of mass, weighted edges = the SPEC section 3 relation, then reads
+their pixel share and centre of mass, weighted edges = the relation of docs/training.md, then reads
 the adjacency matrix. Both must agree; the ratio printed is reference time / vectorised time
 (target >= 50x).
 """

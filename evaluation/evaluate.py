@@ -55,7 +55,7 @@ def evaluate(query: FeatureSet, archive: FeatureSet, metric: str = "chi2",
     recall@K against exact search is in the result). ``exclude_self``: query = archive (same
     rows), each query's own row is not retrieved and not counted as relevant.
     """
-    check_pair(query, archive)
+    check_pair(query, archive, metric)
     if exclude_self and len(archive) < 2:
         raise FeatureFileError(f"{archive.path}: a set that queries itself needs >= 2 items")
     if metric == "chi2":  # chi-square is defined for non-negative features only

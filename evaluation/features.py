@@ -4,7 +4,9 @@ File layout: datasets ``feature`` (N, F) float32, ``label`` (N, C) float32, ``pa
 bytes; optionally ``code`` (N, K/8) uint8, binary hash codes packed in ``numpy.packbits``
 order (see evaluation/hamming.py); attribute ``fingerprint`` (JSON) identifying the model file
 and the record files the features came from, so a file is reused only while both are unchanged.
-Files are written under a temporary name and renamed into place.
+A file of hash codes alone (``code``, ``label``, ``patch_name``, no ``feature``: codes written by
+another tool) is valid input for Hamming ranking. Files are written under a temporary name and
+renamed into place.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ class FeatureFileError(ValueError):
 
 @dataclass
 class FeatureSet:
-    """Features of one side (query or archive). ``feature`` is an array or an open h5py dataset."""
+    """Features of one side (query or archive). ``feature`` is an array or an open h5py dataset,
+    or None for a file of hash codes alone."""
     path: str
     feature: object
     label: np.ndarray
@@ -38,11 +41,12 @@ class FeatureSet:
     code: np.ndarray | None = None  # packed hash codes (N, K/8) uint8, when the file has them
 
     def __len__(self) -> int:
-        return self.feature.shape[0]
+        return self.label.shape[0]
 
     @property
-    def dim(self) -> int:
-        return self.feature.shape[1]
+    def dim(self) -> int | None:
+        """Feature width; None for a file of codes alone."""
+        return None if self.feature is None else self.feature.shape[1]
 
     def close(self) -> None:
         if self.handle is not None:
@@ -126,26 +130,34 @@ def read_features(path, in_memory: bool = True, check: bool = True) -> FeatureSe
     except OSError as err:
         raise FeatureFileError(f"{path}: not a readable HDF5 file ({err})") from None
     try:
-        missing = [k for k in ("feature", "label") if k not in handle]
+        missing = [k for k in ("label",) if k not in handle]
+        if "feature" not in handle and "code" not in handle:
+            missing.insert(0, "feature")
         if missing:
-            raise FeatureFileError(f"{path}: missing HDF5 dataset(s) {missing}; "
-                                   f"found {sorted(handle.keys())}")
-        feat, label = handle["feature"], handle["label"]
-        if feat.ndim != 2 or label.ndim != 2:
+            raise FeatureFileError(f"{path}: missing HDF5 dataset(s) {missing}; found "
+                                   f"{sorted(handle.keys())} (a file of hash codes holds 'code' "
+                                   "instead of 'feature')")
+        label = handle["label"]
+        feat = handle["feature"] if "feature" in handle else None
+        if label.ndim != 2 or (feat is not None and feat.ndim != 2):
             raise FeatureFileError(f"{path}: feature and label must be 2-D, got shapes "
-                                   f"{feat.shape} and {label.shape}")
-        if feat.shape[0] != label.shape[0]:
-            raise FeatureFileError(f"{path}: {feat.shape[0]} features but {label.shape[0]} labels")
+                                   f"{None if feat is None else feat.shape} and {label.shape}")
+        rows = label.shape[0]
+        if feat is not None and feat.shape[0] != rows:
+            raise FeatureFileError(f"{path}: {feat.shape[0]} features but {rows} labels")
         if "patch_name" in handle:
             names = handle["patch_name"][()]
-            if len(names) != feat.shape[0]:
-                raise FeatureFileError(f"{path}: {feat.shape[0]} features but {len(names)} patch names")
+            if len(names) != rows:
+                raise FeatureFileError(f"{path}: {rows} rows but {len(names)} patch names")
         else:  # optional: features made elsewhere may have no names
             warnings.warn(f"{path}: no patch_name dataset; rows are named by their index",
                           stacklevel=2)
-            names = np.array([str(i).encode() for i in range(feat.shape[0])], dtype=object)
+            names = np.array([str(i).encode() for i in range(rows)], dtype=object)
         label = label[()].astype(np.float32)
-        code = _read_code(path, handle, feat.shape[0])
+        code = _read_code(path, handle, rows)
+        if feat is None:
+            handle.close()
+            return FeatureSet(path, None, label, names, code=code)
         if in_memory:  # read once; the finite check then runs on the array
             feat = feat[()].astype(np.float32)
         if check:
@@ -170,13 +182,29 @@ def _read_code(path: str, handle, rows: int):
     return code[()]
 
 
-def check_pair(query: FeatureSet, archive: FeatureSet) -> None:
-    """Raise FeatureFileError when a query and an archive file cannot be ranked together."""
+def check_pair(query: FeatureSet, archive: FeatureSet, metric: str | None = None) -> None:
+    """Raise FeatureFileError when a query and an archive file cannot be ranked together (with
+    ``metric``: also when a file lacks what it ranks, ``code`` for hamming, else ``feature``)."""
     if len(archive) == 0:
         raise FeatureFileError(f"{archive.path}: empty archive (0 features)")
     if len(query) == 0:
         raise FeatureFileError(f"{query.path}: no query features (0 rows)")
-    if query.dim != archive.dim:
+    if metric == "hamming":
+        for fs in (query, archive):
+            if fs.code is None:
+                raise FeatureFileError(f"{fs.path}: --metric hamming needs the dataset 'code' "
+                                       "(packed hash codes; written for MiLaN runs)")
+        if query.code.shape[1] != archive.code.shape[1]:
+            raise FeatureFileError(f"code widths differ: {query.path} has "
+                                   f"{query.code.shape[1] * 8} bits, {archive.path} has "
+                                   f"{archive.code.shape[1] * 8} bits")
+    elif metric is not None:
+        for fs in (query, archive):
+            if fs.feature is None:
+                raise FeatureFileError(f"{fs.path}: holds hash codes only (no 'feature' "
+                                       f"dataset); --metric {metric} ranks features: use "
+                                       "--metric hamming")
+    if query.dim is not None and archive.dim is not None and query.dim != archive.dim:
         raise FeatureFileError(f"feature widths differ: {query.path} has {query.dim}, "
                                f"{archive.path} has {archive.dim}")
     if query.label.shape[1] != archive.label.shape[1]:

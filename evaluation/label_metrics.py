@@ -1,4 +1,4 @@
-"""Per-item multi-label metrics of deep-feature retrieval (SPEC section 9), vectorised.
+"""Per-item multi-label metrics of deep-feature retrieval (docs/hashing.md), vectorised.
 
 For a query with label set y_q and the item at rank r with label set y_r (C classes):
   accuracy  |y_q & y_r| / |y_q | y_r|      precision  |y_q & y_r| / |y_r|

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evaluation.features import FeatureFileError, FeatureSet
+from evaluation.features import FeatureSet, check_pair
 from evaluation.ranking import topk, topk_blocks
 
 INDEXES = ("exact", "approx")
@@ -27,10 +27,7 @@ def search_blocks(query: FeatureSet, archive: FeatureSet, k: int, metric: str,
         raise ValueError(f"--index {index!r}: expected one of {', '.join(INDEXES)}")
     if metric == "hamming":
         from evaluation.hamming import hamming_backend, hamming_topk_blocks
-        missing = [fs.path for fs in (query, archive) if fs.code is None]
-        if missing:
-            raise FeatureFileError(f"{missing[0]}: --metric hamming needs the dataset 'code' "
-                                   "(packed hash codes; written for MiLaN runs)")
+        check_pair(query, archive, metric)  # both hold codes of one width (named otherwise)
         if index != "exact":
             raise ValueError("--index approx applies to chi2; Hamming search is exact")
         info["hamming_backend"] = hamming_backend(pairs=len(query) * len(archive))

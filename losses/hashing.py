@@ -1,4 +1,4 @@
-"""MiLaN's hashing losses (SPEC section 8) and its triplet sampling.
+"""MiLaN's hashing losses (Roy et al. 2018/2020; docs/hashing.md) and its triplet sampling.
 
 Loss of a batch of T triplets, b = sigmoid outputs (.., K) of anchors, positives, negatives:
   triplet  mean_t max(|a_t - p_t|^2 - |a_t - n_t|^2 + margin, 0) on L2-normalised outputs;
@@ -12,7 +12,7 @@ Triplet sampling:
 - single-label data (each row has one label; MiLaN's scene classes), as published: every
   batch picks two different classes at random, T anchors and T positives from the first,
   T negatives from the second (items drawn at random, with replacement);
-- multi-label data (this project's decision, SPEC 8's natural extension): anchors at random;
+- multi-label data (this project's decision, MiLaN's rule extended): anchors at random;
   a positive shares at least one label with its anchor, a negative shares none. Anchors with
   no possible positive or negative are not drawn.
 """

@@ -1,4 +1,4 @@
-"""Region-relation targets for GRID-RRL (SPEC section 3), vectorised in numpy and TF.
+"""Region-relation targets for GRID-RRL (docs/training.md), vectorised in numpy and TF.
 
 For one pixel map (H, W) with class ids in [0, C) and -1 for unlabelled pixels:
 

@@ -1,4 +1,4 @@
-"""Noisy-sample selection of the GRID step (SPEC section 4)."""
+"""Noisy-sample selection of the GRID step (docs/training.md; ties: docs/differences.md)."""
 import tensorflow as tf
 
 

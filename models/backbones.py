@@ -1,11 +1,13 @@
 """Backbones: name -> Keras model from a normalised image (B, H, W, Cin) to a feature map
 (B, h, w, F). No pretrained weights are ever downloaded; a local weights file may be loaded."""
 import os
+import warnings
 
 import keras
 from keras import layers
 
 from models.registry import BACKBONES  # the names a config may give; every one is built here
+from config import ConfigError, weights_file_problem
 
 _APPS = {
     "densenet121": "DenseNet121", "resnet50": "ResNet50", "resnet101": "ResNet101",
@@ -52,5 +54,17 @@ def build_backbone(name, input_shape, weights=None):
     if weights:
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"backbone weights file not found: {weights}")
-        model.load_weights(weights)
+        problem = weights_file_problem(weights)
+        try:
+            with warnings.catch_warnings(record=True) as said:  # shown only if it loads
+                warnings.simplefilter("always")
+                if problem:
+                    raise ValueError(problem)
+                model.load_weights(weights)
+        except Exception as err:  # wrong format or another architecture: many error types
+            detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"{weights}: cannot be loaded as the weights of backbone {name} "
+                              f"({detail}) (config key weights)") from None
+        for w in said:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return model

@@ -42,13 +42,22 @@ class Model:
 
     def batches(self, epoch: int, drop_remainder: bool = False) -> tf.data.Dataset:
         """The training batches of ``epoch``: the same for the same epoch in every process (a
-        resumed epoch skips those already done). Default: the archive pipeline."""
+        resumed epoch skips those already done). Default: the archive pipeline's compact
+        batches, finished by ``batch_transform()`` in the compiled step."""
         from archives.pipeline import make_dataset
 
         c = self.cfg
         return make_dataset(list(c.noisy_train_paths), c.archive, training=True,
                             batch_size=c.batch_size, seed=c.seed, epoch=epoch,
-                            drop_remainder=drop_remainder)
+                            drop_remainder=drop_remainder, compact=True)
+
+    def batch_transform(self) -> Callable | None:
+        """What the training loop applies to each batch of ``batches()`` in the compiled step,
+        before ``make_train_step``'s step (None: nothing). Default: the pipeline's crop, flips,
+        normalisation and brightness (archives.pipeline.finish_batch)."""
+        from archives.pipeline import finish_batch
+
+        return functools.partial(finish_batch, dataset=self.cfg.archive, training=True)
 
     def make_train_step(self, optimizer, strategy=None) -> Callable:
         """Compiled step: batch -> dict of scalar tensors (losses ``loss``/``*_loss``; keys

@@ -31,6 +31,7 @@ class ModelConfig:
     seed: int = 0                      # stateless seed of the reparameterisation noise
     noisy_sel_prcnt: int = 10          # share of the batch flagged noisy (GRID; JoCoR's tau)
     kl_weight: float = 1.0
+    kl_reduction: str = "latent"       # KL over a latent map (losses/vae.py)
     hash_bits: int = 32                # MiLaN code length
     train_backbone: bool = False       # MiLaN: fine-tune the backbone too
     triplet_labels: str = "label"      # MiLaN: relevance of triplets ("label" or "scene")

@@ -1,4 +1,4 @@
-"""GRID model (SPEC section 3) and its compiled training / evaluation steps (SPEC section 4).
+"""GRID model and its compiled training / evaluation steps (docs/training.md).
 
 Shapes: images (B, H, W, Cin) float32 normalised; ``feature`` (B, F) pooled (BCE, RRL) or
 (B, h, w, F) map (PCE); latent mu / std / z (B, E) or (B, h, w, E).
@@ -119,7 +119,7 @@ class GridModel(Model):
         if self.is_grid:
             res["gen"] = self.variant.loss_per_sample(target, out["gen"])
             res["recon"] = recon_per_sample(out["decoded"], out["feature"])
-            res["kl"] = kl_per_sample(out["mu"], out["std"])
+            res["kl"] = kl_per_sample(out["mu"], out["std"], self.cfg.kl_reduction)
             res["noisy"] = select_noisy(res["dis"], res["gen"], self.cfg.noisy_sel_prcnt)
         return res
 

@@ -102,6 +102,9 @@ class MilanModel(Model):
                  for _ in range(n_steps)]  # (T, 3): anchor, positive, negative rows
         return tf.data.Dataset.from_tensor_slices({"triplet": np.stack(steps)})
 
+    def batch_transform(self):
+        return super().batch_transform() if self.cfg.train_backbone else None
+
     def make_train_step(self, optimizer, strategy=None):
         if strategy is not None:
             raise ValueError("MiLaN: distributed strategies are not supported")

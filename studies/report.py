@@ -5,8 +5,9 @@ then the chance level (share of truly corrupted training samples), the selection
 of an epoch's samples a selection of ``noisy_sel_prcnt`` % flags), selection precision and
 recall (empty where the model selects nothing), times, and every retrieval metric.
 ``summary.csv`` / ``summary.md``: per (model, noise level) the number of seeds, mean and sample
-standard deviation (0 for one seed) of the headline metric, mAP@20, selection precision/recall,
-chance and selection share.
+standard deviation of the headline metric, mAP@20, selection precision/recall, chance and
+selection share. With one seed the spread is undefined: ``n/a`` in summary.md and the printed
+table, an empty ``_sd`` cell in summary.csv, no error bar in the plots.
 
 Plots, each captioned with the archive (synthetic sample or records folder), epochs and seeds
 (``study_caption``, ``caption_figure``: reuse them for other study figures):
@@ -16,6 +17,10 @@ range, at least ``MIN_ZOOM_SPAN`` high, is stated in its title);
 recall bound min(1, flagged share / corrupted share) (``recall_bound``); noise levels without a
 corrupted training sample (0 %) are not drawn, since recall is 0/0 there and precision is 0 for
 any selection.
+``curves.csv``: one row per (cell, epoch) from the runs' per-epoch history (validation
+retrieval, memorisation, selection precision/recall, losses); ``curves_noise<N>.png``: per noise
+level, the validation metric and memorisation against the epoch, one line per model (mean over
+seeds).
 """
 from __future__ import annotations
 
@@ -44,6 +49,78 @@ def load_rows(study: Study) -> list[dict]:
         if path.is_file():
             rows.append(json.loads(path.read_text()))
     return rows
+
+
+CURVE_COLUMNS = ("cell", "model", "noise_prcnt", "seed", "epoch", "retrieval_metric",
+                 "val_retrieval", "corrupted_fitted", "clean_fitted", "sel_precision",
+                 "sel_recall", "loss", "dis_loss", "val_loss")
+
+
+def curve_rows(rows: list[dict]) -> list[dict]:
+    """One dict per (cell, epoch) from the ``history`` of each finished cell."""
+    out = []
+    for r in rows:
+        cell = f"{r['model']}-noise{r['noise_prcnt']}-seed{r['seed']}"
+        for h in r.get("history") or []:
+            out.append({"cell": cell, "model": r["model"], "noise_prcnt": r["noise_prcnt"],
+                        "seed": r["seed"], **{k: h.get(k) for k in CURVE_COLUMNS[4:]}})
+    return out
+
+
+def mean_curves(curves: list[dict], key: str) -> dict[tuple[str, int], tuple[list, list]]:
+    """Per (model, noise): epochs and the mean of ``key`` over seeds at each epoch (epochs
+    where no seed has a value are left out)."""
+    out = {}
+    for model, noise in dict.fromkeys((c["model"], c["noise_prcnt"]) for c in curves):
+        by_epoch: dict[int, list[float]] = {}
+        for c in curves:
+            if (c["model"], c["noise_prcnt"]) == (model, noise) and not _missing(c.get(key)):
+                by_epoch.setdefault(int(c["epoch"]), []).append(float(c[key]))
+        epochs = sorted(by_epoch)
+        if epochs:
+            out[(model, noise)] = (epochs, [float(np.mean(by_epoch[e])) for e in epochs])
+    return out
+
+
+def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:
+    """``curves_noise<N>.png`` per noise level: validation retrieval (left) and memorisation
+    (right: corrupted pairs fitted, solid; clean pairs fitted, dashed) against the epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = next((c["retrieval_metric"] for c in curves if c.get("retrieval_metric")), "")
+    val = mean_curves(curves, "val_retrieval")
+    corrupted = mean_curves(curves, "corrupted_fitted")
+    clean = mean_curves(curves, "clean_fitted")
+    paths = []
+    for noise in study.noise_levels:
+        if not any(k[1] == noise for k in (*val, *corrupted, *clean)):
+            continue
+        fig, (ax_v, ax_m) = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
+        for i, model in enumerate(study.models):
+            color = f"C{i % 10}"
+            if (model, noise) in val:
+                ax_v.plot(*val[(model, noise)], color=color, label=model)
+            if (model, noise) in corrupted:
+                ax_m.plot(*corrupted[(model, noise)], color=color, label=f"{model} corrupted")
+            if (model, noise) in clean:
+                ax_m.plot(*clean[(model, noise)], color=color, ls="--",
+                          label=f"{model} clean")
+        ax_v.set_ylabel(f"validation {metric} (mean over seeds)")
+        ax_m.set_ylabel("share of training pairs fitted")
+        ax_m.set_ylim(-0.02, 1.02)
+        caption_figure(fig, f"Per epoch at {noise} % noise (lines: mean over seeds)", study)
+        for ax, title in ((ax_v, "validation queries against the training archive"),
+                          (ax_m, "training pairs fitted: corrupted (solid), clean (dashed)")):
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        paths.append(out_dir / f"curves_noise{noise}.png")
+        _save(fig, paths[-1])
+    return paths
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -76,21 +153,22 @@ def summarise(rows: list[dict], metrics: list[str], study: Study) -> list[dict]:
             for m in metrics:
                 vals = np.array([r[m] for r in group if not _missing(r.get(m))], float)
                 s[f"{m}_mean"] = float(vals.mean()) if vals.size else math.nan
-                s[f"{m}_sd"] = float(vals.std(ddof=1)) if vals.size > 1 else (0.0 if vals.size
-                                                                              else math.nan)
+                # the sample sd of one value is undefined (not 0): NaN, shown as n/a
+                s[f"{m}_sd"] = float(vals.std(ddof=1)) if vals.size > 1 else math.nan
             out.append(s)
     return out
 
 
 def markdown(summary: list[dict], metrics: list[str]) -> str:
-    """Summary as a Markdown table: mean ± sd per metric."""
+    """Summary as a Markdown table: mean ± sd per metric (``± n/a`` for one seed)."""
     head = ["model", "noise %", "seeds"] + metrics
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         cells = [s["model"], str(s["noise_prcnt"]), str(s["n_seeds"])]
         for m in metrics:
             mean, sd = s[f"{m}_mean"], s[f"{m}_sd"]
-            cells.append("-" if _missing(mean) else f"{mean:.3f} ± {sd:.3f}")
+            spread = "n/a" if _missing(sd) else f"{sd:.3f}"
+            cells.append("-" if _missing(mean) else f"{mean:.3f} ± {spread}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -158,7 +236,7 @@ def headline_figure(summary: list[dict], headline: str, study: Study):
             continue
         x = np.array([s["noise_prcnt"] for s in rows], float) + (i - len(study.models) / 2) * 0.4
         mean = np.array([s[f"{headline}_mean"] for s in rows])
-        sd = np.array([s[f"{headline}_sd"] for s in rows])
+        sd = np.array([_bar(s[f"{headline}_sd"]) for s in rows])
         lows += list(mean - sd)
         highs += list(mean + sd)
         for ax in axes:
@@ -210,7 +288,7 @@ def selection_figure(summary: list[dict], study: Study):
             rows = [s for s in summary if s["model"] == model and _defined(s, key)]
             if rows:
                 ax.errorbar([s["noise_prcnt"] for s in rows], [s[f"{key}_mean"] for s in rows],
-                            yerr=[s[f"{key}_sd"] for s in rows], marker="o", capsize=3,
+                            yerr=[_bar(s[f"{key}_sd"]) for s in rows], marker="o", capsize=3,
                             label=model)
         xs = sorted(chance)
         if key == "sel_precision" and xs:
@@ -248,6 +326,11 @@ def plot(summary: list[dict], headline: str, out_dir: Path, study: Study) -> lis
     return paths
 
 
+def _bar(sd: float) -> float:
+    """Error bar half-length: none where the spread is undefined (one seed)."""
+    return 0.0 if _missing(sd) else sd
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
     with atomic_path(path) as tmp:
@@ -264,8 +347,9 @@ def collect(study: Study, headline: str | None = None) -> dict:
     if not rows:
         return {"rows": 0, "cells": len(study.cells)}
     metric_cols = []
-    for r in rows:
-        metric_cols += [k for k in r if k not in FIRST and k not in metric_cols]
+    for r in rows:  # scalars only: the per-epoch history goes to curves.csv
+        metric_cols += [k for k, v in r.items() if k not in FIRST and k not in metric_cols
+                        and not isinstance(v, (list, dict))]
     _write_text(out / "study.csv", _csv(rows, list(FIRST) + metric_cols))
     info = registry.ARCHIVES.get(study.base.get("dataset"))
     headline = headline or (info.headline_metric if info else "NDCG@20")
@@ -277,6 +361,10 @@ def collect(study: Study, headline: str | None = None) -> dict:
     table = markdown(summary, keys)
     _write_text(out / "summary.md", table)
     plots = plot(summary, headline, out, study) if summary else []
+    files = [out / "study.csv", out / "summary.csv", out / "summary.md", *plots]
+    curves = curve_rows(rows)
+    if curves:
+        _write_text(out / "curves.csv", _csv(curves, list(CURVE_COLUMNS)))
+        files += [out / "curves.csv", *plot_curves(curves, out, study)]
     return {"rows": len(rows), "cells": len(study.cells), "table": table,
-            "files": [str(out / "study.csv"), str(out / "summary.csv"), str(out / "summary.md"),
-                      *map(str, plots)]}
+            "files": [str(f) for f in files]}

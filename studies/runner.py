@@ -5,6 +5,12 @@ A cell is finished when ``out/cells/<model>-noise<N>-seed<S>.json`` exists (writ
 after retrieval); finished cells are skipped. An interrupted cell resumes from its last training
 checkpoint. Cells are independent, so a scheduler can run them anywhere that sees ``out``:
 ``run_cell(study, index)`` is the unit of work (``--cell I`` / ``--shard K/N`` on the command line).
+
+A cell being trained is claimed: ``out/claims/<cell>.lock`` (``locks.py``: pid, host, since when,
+touched every minute while the cell runs). Another process skips a claimed cell and goes on to
+the next; a claim whose process is gone (same host), or that nobody has touched for 15 minutes
+(another host, e.g. a cluster node that died), is taken over. Preparing the sample archive's
+data is likewise one process at a time (``out/data/.study-data.lock``; the others wait for it).
 """
 from __future__ import annotations
 
@@ -14,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+import locks
 from atomic_files import write_json_atomic
 from studies.spec import Cell, Study
+
+DATA_WAIT_S = 2.0  # poll interval while another process prepares the study's data
 
 
 def _log(msg: str) -> None:
@@ -26,14 +35,35 @@ def prepare_data(study: Study, log=_log) -> None:
     """Write the sample archive and its TFRecords (every study noise level) unless present."""
     if study.sample_archive is None:
         return
-    import prep_DLRSD_noisy
-    from archives import sample
-
     from archives.record_files import prepared
 
     levels = sorted({n for n in study.noise_levels if n > 0})
     if prepared(study.data_dir / "TFRecord", levels):
         return
+    lock = _wait_for_lock(study.data_dir / ".study-data.lock", f"preparing {study.data_dir}", log)
+    with lock:
+        if not prepared(study.data_dir / "TFRecord", levels):  # another process may have done it
+            _write_data(study, levels, log)
+
+
+def _wait_for_lock(path: Path, purpose: str, log) -> locks.Lock:
+    """Take the lock at ``path``, waiting (and saying so once) while a live process holds it."""
+    said = False
+    while True:
+        try:
+            return locks.acquire(path, purpose, log=lambda m: log(f"note: {m}"))
+        except locks.LockHeld as err:
+            if not said:
+                log(f"waiting for {locks.describe(err.holder) if err.holder else 'another process'}"
+                    f" ({path})")
+                said = True
+            time.sleep(DATA_WAIT_S)
+
+
+def _write_data(study: Study, levels: list, log) -> None:
+    import prep_DLRSD_noisy
+    from archives import sample
+
     raw = study.data_dir / "raw"
     opts = study.sample_archive
     log(f"writing the {opts['variant']} sample archive ({opts['per_class']} per class, seed "
@@ -89,19 +119,46 @@ def _retrieval_args(study: Study, dump_path: Path):
     return retrieval.parse_args(argv)
 
 
-def run_cell(study: Study, index: int, *, show_progress: bool = False, log=_log) -> dict:
-    """Train and evaluate one cell (or return its saved result); returns its result row."""
-    import json
+def claim_path(study: Study, cell: Cell) -> Path:
+    """The lock file of a cell being trained (see the module docstring)."""
+    return study.out / "claims" / f"{cell.name}.lock"
 
+
+def run_cell(study: Study, index: int, *, show_progress: bool = False, log=_log) -> dict | None:
+    """Train and evaluate one cell (or return its saved result); returns its result row, or
+    None when another live process has claimed the cell (it is skipped)."""
     cells = study.cells
     if not 0 <= index < len(cells):
         raise IndexError(f"cell index {index} out of range: the study has {len(cells)} cells "
                          f"(0..{len(cells) - 1})")
     cell = cells[index]
+    if study.cell_result_path(cell).is_file():
+        return _finished(study, index, cell, log)
+    try:
+        claim = locks.acquire(claim_path(study, cell), f"study cell {cell.name}",
+                              what=f"cell {cell.name}", log=lambda m: log(f"note: {m}"))
+    except locks.LockHeld as err:
+        who = locks.describe(err.holder) if err.holder else "another process"
+        log(f"[{index}] {cell.name}: claimed by {who}, skipped")
+        return None
+    with claim:
+        if study.cell_result_path(cell).is_file():  # finished by another process meanwhile
+            return _finished(study, index, cell, log)
+        return _train_and_evaluate(study, index, cell, show_progress, log)
+
+
+def _finished(study: Study, index: int, cell: Cell, log) -> dict:
+    import json
+
+    log(f"[{index}] {cell.name}: finished earlier, skipped")
+    return json.loads(study.cell_result_path(cell).read_text())
+
+
+def _train_and_evaluate(study: Study, index: int, cell: Cell, show_progress: bool, log) -> dict:
+    """The work of a claimed cell: data (if the study makes it), training, retrieval, result."""
+    import json
+
     result_path = study.cell_result_path(cell)
-    if result_path.is_file():
-        log(f"[{index}] {cell.name}: finished earlier, skipped")
-        return json.loads(result_path.read_text())
     prepare_data(study, log)
     cfg = study.cell_config(cell)
     import keras
@@ -121,7 +178,8 @@ def run_cell(study: Study, index: int, *, show_progress: bool = False, log=_log)
         raise RuntimeError(f"{cell.name}: training stopped before nb_epoch")
     t_train = time.perf_counter() - start
     _, res = retrieval.run_config(str(cfg.config_dump_path), _retrieval_args(study, cfg.config_dump_path))
-    final = json.loads(cfg.config_dump_path.read_text()).get("final_metrics") or {}
+    dump = json.loads(cfg.config_dump_path.read_text())
+    final = dump.get("final_metrics") or {}
     n_records, n_corrupted = training_counts(cfg)
     row = {"model": cell.model, "noise_prcnt": cell.noise_prcnt, "seed": cell.seed,
            "chance_level": n_corrupted / n_records if n_records else math.nan,
@@ -131,10 +189,51 @@ def run_cell(study: Study, index: int, *, show_progress: bool = False, log=_log)
            "train_time_s": round(float(result.training_time_s), 2),
            "cell_time_s": round(time.perf_counter() - start, 2),
            "retrieval_time_s": round(time.perf_counter() - start - t_train, 2),
-           "run_name": cfg.run_name, **res["metrics"]}
+           "run_name": cfg.run_name, **res["metrics"],
+           "selected_epoch": dump.get("selected_epoch"),
+           **_best_val_metrics(study, cfg, dump), "history": dump.get("history") or []}
     write_json_atomic(result_path, row)
     log(f"[{index}] {cell.name}: done in {row['cell_time_s']:.0f} s")
     return row
+
+
+# best_val_<metric> columns; an archive below these cut-offs gets NDCG@K and mAP@K instead
+BEST_VAL_METRICS = ("NDCG@20", "NDCG@30", "mAP@20")
+
+
+def _best_val_metrics(study: Study, cfg, dump: dict) -> dict:
+    """Test retrieval of the best validation epoch's feature model beside the exported one:
+    ``best_val_epoch`` and ``best_val_<metric>`` (BEST_VAL_METRICS). Empty when the run kept
+    no such model; the exported figures when it is the exported epoch already."""
+    import json
+
+    import retrieval
+    from run_history import BEST_FILE
+
+    history = dump.get("history") or []
+    best = max((h for h in history if _finite(h.get("val_retrieval"))),
+               key=lambda h: h["val_retrieval"], default=None)
+    best_path = cfg.weights_dir / BEST_FILE
+    if best is None or not best_path.is_file():
+        return {}
+    out = {"best_val_epoch": int(best["epoch"])}
+    if int(best["epoch"]) == dump.get("selected_epoch"):  # exported already: same figures
+        res = json.loads((cfg.features_dir / "retrieval.json").read_text())
+    else:
+        copy = {**dump, "run_name": f"{dump['run_name']}-best_val",
+                "feature_model_path": str(best_path)}
+        path = cfg.config_dump_path.with_name(f"{copy['run_name']}.json")
+        write_json_atomic(path, copy)
+        _, res = retrieval.run_config(str(path), _retrieval_args(study, path))
+    metrics = res["metrics"]
+    keys = [k for k in BEST_VAL_METRICS if k in metrics] or [
+        k for k in (f"NDCG@{res['max_topk']}", f"mAP@{res['max_topk']}") if k in metrics]
+    out.update({f"best_val_{k}": metrics[k] for k in keys})
+    return out
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def select(study: Study, cell: int | None = None, shard: tuple[int, int] | None = None) -> list[int]:
@@ -150,5 +249,19 @@ def select(study: Study, cell: int | None = None, shard: tuple[int, int] | None 
     return list(range(n))
 
 
-def status(study: Study) -> list[tuple[Cell, bool]]:
-    return [(c, study.cell_result_path(c).is_file()) for c in study.cells]
+def status(study: Study) -> list[tuple[Cell, str]]:
+    """(cell, state) per cell: "finished", "pending", "running: <holder>" for a live claim, or
+    "pending (stale claim of <holder>)" when the claiming process is gone."""
+    out = []
+    for c in study.cells:
+        holder = locks.read(claim_path(study, c))
+        if study.cell_result_path(c).is_file():
+            state = "finished"
+        elif holder is None:
+            state = "pending"
+        elif holder and locks.is_stale(holder, claim_path(study, c)):
+            state = f"pending (stale claim of {locks.describe(holder)})"
+        else:
+            state = f"running: {locks.describe(holder) if holder else 'claim being written'}"
+        out.append((c, state))
+    return out

@@ -1,7 +1,10 @@
 """The study file (STUDY.json): which (model, noise level, seed) cells to run, on which archive.
 
 Keys: ``base_config`` (a train config path), ``models``, ``noise_levels``, ``seeds`` (non-empty
-lists), ``out`` (a folder); optional ``sample_archive`` ({"variant", "per_class", "seed"}: write
+lists), ``out`` (a folder). A ``models`` entry is a model name ("BCE") or a named variant
+``{"name": "GRID-BCE-sel40", "model_name": "GRID-BCE", "noisy_sel_prcnt": 40}``: a cell name
+and the train config keys it sets over the base config and the study's overrides, and optionally
+``noise_levels`` (a subset of the study's: that model runs at those levels only); optional ``sample_archive`` ({"variant", "per_class", "seed"}: write
 the DLRSD-style sample archive and its TFRecords under ``out/data`` and train on them),
 ``retrieval`` ({"metric", "max_topk"}), and any train config key (e.g. ``nb_epoch``), which
 overrides the base config in every cell. ``load_study(path, overrides)`` adds command-line
@@ -52,13 +55,15 @@ class Study:
     sample_archive: dict | None
     retrieval: dict
     cli_overrides: dict = dataclasses.field(default_factory=dict)  # --set, in overrides too
+    variants: dict = dataclasses.field(default_factory=dict)  # name -> its config keys
+    model_noise: dict = dataclasses.field(default_factory=dict)  # name -> its noise levels
 
     @property
     def cells(self) -> list[Cell]:
         """Every (model, noise, seed) cell; the index is stable for a given study file."""
         out = []
         for m in self.models:
-            for n in self.noise_levels:
+            for n in self.model_noise.get(m, self.noise_levels):
                 for s in self.seeds:
                     out.append(Cell(len(out), m, n, s))
         return out
@@ -73,14 +78,19 @@ class Study:
     def cell_config(self, cell: Cell) -> Config:
         """The validated train config of one cell (own dumps folders under ``out/runs``)."""
         d, _ = with_overrides(self.base, self.overrides)
+        variant = self.variants.get(cell.model, {})
+        d.update({"model_name": cell.model, **variant})  # a variant's keys win over overrides
         if self.sample_archive is not None:
             rec = self.data_dir / "TFRecord"
             d.update(train_tfrecord_paths=str(rec / "train.tfrecord"),
                      val_tfrecord_paths=str(rec / "val.tfrecord"),
                      test_tfrecord_paths=str(rec / "test.tfrecord"))
-        suffix = "-".join(p for p in (d.get("suffix", ""), f"seed{cell.seed}") if p)
+        # a variant's run folder carries its name: two variants of one model never share it
+        tag = cell.model if cell.model != variant.get("model_name", cell.model) or \
+            len(variant) > 1 else ""
+        suffix = "-".join(p for p in (d.get("suffix", ""), tag, f"seed{cell.seed}") if p)
         runs = self.out / "runs"
-        d.update(model_name=cell.model, noise_prcnt=cell.noise_prcnt, seed=cell.seed,
+        d.update(noise_prcnt=cell.noise_prcnt, seed=cell.seed,
                  suffix=suffix, dumps={k: str(runs / k) for k in
                                        ("model_weights", "summaries", "configs", "features")})
         try:
@@ -103,6 +113,54 @@ def _list(path, data, key, kind):
     if len(set(value)) != len(value):
         raise StudyError(f"{path}: {key}: duplicate entries in {value!r}")
     return tuple(value)
+
+
+def _models(path, data, levels) -> tuple[tuple[str, ...], dict, dict]:
+    """(cell names, {variant name: its train config keys}, {variant name: its noise levels})
+    of the ``models`` list; ``levels``: the study's noise levels."""
+    value = data.get("models")
+    if not isinstance(value, list) or not value:
+        raise StudyError(f"{path}: models: expected a non-empty list, got {value!r}")
+    names, variants, noise = [], {}, {}
+    train_keys = set(Config.keys())
+    for i, m in enumerate(value):
+        where = f"{path}: models[{i}]"
+        if isinstance(m, str):
+            names.append(m)
+            continue
+        if not isinstance(m, dict):
+            raise StudyError(f"{where}: expected a model name or an object with name and "
+                             f"model_name, got {m!r}")
+        name = m.get("name")
+        if not isinstance(name, str) or not name:
+            raise StudyError(f"{where}.name: required, a non-empty string (the cell name)")
+        if any(c in name for c in "/\\ ") or name in (".", ".."):
+            raise StudyError(f"{where}.name: {name!r} names files: no path separators or spaces")
+        if not isinstance(m.get("model_name"), str):
+            raise StudyError(f"{where}.model_name: required, the model this variant trains")
+        if "noise_levels" in m:
+            own = _list(path, {f"models[{i}].noise_levels": m["noise_levels"]},
+                        f"models[{i}].noise_levels", int)
+            extra = [n for n in own if n not in levels]
+            if extra:
+                raise StudyError(f"{where}.noise_levels: {extra[0]} is not one of the study's "
+                                 f"noise_levels {list(levels)}")
+            noise[name] = tuple(n for n in levels if n in own)
+        for key in m:
+            if key in ("name", "noise_levels"):
+                continue
+            if key in CELL_KEYS and key != "model_name":
+                raise StudyError(f"{where}.{key}: set per cell by the study (noise_levels, "
+                                 "seeds, out); remove it")
+            if key not in train_keys:
+                raise StudyError(f"{where}.{key}: unknown key (a variant sets name, "
+                                 "model_name and train config keys)")
+        names.append(name)
+        variants[name] = {k: v for k, v in m.items() if k not in ("name", "noise_levels")}
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise StudyError(f"{path}: models: duplicate entries ({dup!r} twice)")
+    return tuple(names), variants, noise
 
 
 def _sub(path, data, key, defaults):
@@ -161,8 +219,10 @@ def load_study(path, overrides: dict | None = None) -> Study:
     _, problems = with_overrides(base, overrides)
     if problems:
         raise StudyError("\n".join(problems))
-    study = Study(path=str(path), base=base, models=_list(path, data, "models", str),
-                  noise_levels=_list(path, data, "noise_levels", int),
+    levels = _list(path, data, "noise_levels", int)
+    models, variants, model_noise = _models(path, data, levels)
+    study = Study(path=str(path), base=base, models=models, variants=variants,
+                  model_noise=model_noise, noise_levels=levels,
                   seeds=_list(path, data, "seeds", int), out=Path(out),
                   overrides={**{k: v for k, v in data.items() if k in train_keys}, **overrides},
                   cli_overrides=overrides,
@@ -175,7 +235,16 @@ def load_study(path, overrides: dict | None = None) -> Study:
 
 def to_dict(study: Study) -> dict[str, Any]:
     """The study as JSON-ready values (written beside the results)."""
-    return {"study_file": study.path, "base_config": study.base, "models": list(study.models),
+    models = []
+    for m in study.models:
+        if m not in study.variants:
+            models.append(m)
+            continue
+        entry = {"name": m, **study.variants[m]}
+        if m in study.model_noise:
+            entry["noise_levels"] = list(study.model_noise[m])
+        models.append(entry)
+    return {"study_file": study.path, "base_config": study.base, "models": models,
             "noise_levels": list(study.noise_levels), "seeds": list(study.seeds),
             "out": str(study.out), "overrides": study.overrides,
             "sample_archive": study.sample_archive, "retrieval": study.retrieval}

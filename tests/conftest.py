@@ -28,6 +28,14 @@ def run_config(records: Path, out: Path, **kw):
     return Config.from_dict(d)
 
 
+def temp_name(stem: str, suffix: str, pid: int, host: str | None = None) -> str:
+    """A name of the form atomic_files.atomic_path gives its temporaries (``host``: this
+    host's tag unless given)."""
+    from atomic_files import host_tag
+
+    return f"{stem}.tmp-{pid}-{host or host_tag()}-k3x9_q2z{suffix}"
+
+
 def default_sigint() -> None:
     """``preexec_fn`` for a subprocess that a test interrupts with SIGINT: a shell that runs the
     suite in the background starts it with SIGINT ignored, which every child inherits (Python

@@ -57,7 +57,7 @@ def _write_tif(path, data):
 
 # ------------------------------------------------------------------ CORINE code table
 
-# SPEC section 7, written out again here rather than imported
+# the release's CORINE table, written out again here rather than imported
 SPEC_TABLE = {0: [111, 112], 1: [121], 2: [211, 212, 213], 3: [221, 222, 223, 241], 4: [231],
               5: [242], 6: [243], 7: [244], 8: [311], 9: [312], 10: [313], 11: [321, 333],
               12: [322, 323], 13: [324], 14: [331], 15: [411, 412], 16: [421, 422],
@@ -566,3 +566,27 @@ def test_map_noise_skips_pairs_absent_from_the_map():
     _, noisy, st = benv2_noise.inject_map_noise([seg], clean, 100, np.random.default_rng(3))
     assert st["pairs_picked"] == 2 and st["pairs_changed"] == 1
     assert noisy[0].sum() == 1 and noisy[0, 0] == 0  # class 0's region became one other class
+
+
+@pytest.mark.parametrize("column, value, problem", [
+    ("patch_id", "../{p}", "holds a path separator"),
+    ("patch_id", "..{p}", "holds '..'"),
+    ("patch_id", "sub\\{p}", "holds a path separator"),
+    ("s1_name", "../../BigEarthNet-S1/x/{s}", "holds a path separator"),
+])
+def test_names_that_would_leave_the_root_are_refused_or_skipped(raw, column, value, problem):
+    rows = _rows(raw)
+    bad = value.format(p=rows[2]["patch_id"], s=rows[2]["s1_name"])
+    rows[2][column] = bad
+    _write_rows(raw, rows)
+    lay = v2.Layout.at(raw)
+    with pytest.raises(InvalidPatch) as info:
+        v2.read_metadata(lay)
+    assert str(info.value) == (f"{lay.metadata}: row 2 (patch {rows[2]['patch_id']}): {column} "
+                               f"{bad!r} is not a folder name ({problem}); names must not leave "
+                               "the root")
+    skipped = []
+    with pytest.warns(UserWarning, match="skipped"):
+        got = v2.read_metadata(lay, skip_invalid=True, skipped=skipped)
+    assert len(got) == N_PATCHES - 1 and bad not in got.patches + got.s1_names
+    assert len(skipped) == 1 and problem in skipped[0]["reason"]

@@ -387,3 +387,24 @@ def test_interrupt_publishes_nothing(sample_root, tmp_path, capsys, monkeypatch)
                       capsys)
     assert rc == 130 and "interrupted" in err and calls["n"] == 3
     assert list((tmp_path / "TFRecord").iterdir()) == []
+
+
+def test_patch_id_leaving_the_root_is_named_or_skipped_through_main(raw, meta, tmp_path, capsys):
+    """A ``../`` patch_id: named before anything is read, or skipped, counted, never stored."""
+    lay = v2.Layout.at(raw)
+    name = _first_train(meta)
+    rows = pq.read_table(lay.metadata).to_pylist()
+    for row in rows:
+        if row["patch_id"] == name:
+            row["patch_id"] = f"../{name}"
+    pq.write_table(pa.Table.from_pylist(rows), lay.metadata)
+    rc, _, err = _run(["-r", raw, "-o", tmp_path / "a", "--workers", "1"], capsys)
+    assert rc == 2 and f"patch_id '../{name}' is not a folder name (holds a path separator)" \
+        in err, err
+    assert not list((tmp_path / "a").rglob("*.tfrecord"))
+    rc, out, _ = _run(["-r", raw, "-o", tmp_path / "b", "--workers", "1", "--skip-invalid"],
+                      capsys)
+    assert rc == 0 and "skipped: 1" in out
+    names = [r["patch_name"].decode() for split in ("train", "val", "test")
+             for r in _records(tmp_path / f"b/TFRecord/{split}.tfrecord", bands="s1")]
+    assert len(names) == len(meta) - 1 and not any(".." in n for n in names)

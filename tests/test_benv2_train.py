@@ -21,7 +21,8 @@ from conftest import run_config
 
 N_PATCHES = 150  # 30 test patches: NDCG@30, BigEarthNet's headline, needs K >= 30
 NOISE = 50
-# SPEC section 7, written out again rather than imported: (mean, std) of a few channels
+# the release's train-split statistics, written out again rather than imported:
+# (mean, std) of a few channels
 SPEC_STATS = {"B04": (588.41, 684.57), "B12": (997.72, 814.09), "VV": (-12.64, 5.13),
               "VH": (-19.35, 5.59)}
 CHANNELS = {"s2": ("B04", "B03", "B02", "B08", "B05", "B06", "B07", "B8A", "B11", "B12"),

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import h5py
 import pytest
 
 from atomic_files import atomic_path, write_json_atomic
@@ -112,8 +113,16 @@ def test_missing_required_and_weights_must_exist(tmp_path):
         Config.from_dict({"model_name": "BCE", "train_tfrecord_paths": "x"})
     assert "does not exist" in error(weights=str(tmp_path / "none.weights.h5"))
     w = tmp_path / "w.weights.h5"
-    w.write_bytes(b"x")
+    h5py.File(w, "w").close()  # an HDF5 file: its layers are matched when it is loaded
     assert Config.from_dict(base(weights=str(w))).weights == str(w)
+    junk = tmp_path / "junk.weights.h5"
+    junk.write_bytes(b"x" * 600)  # exists, but is no HDF5 file
+    assert error(weights=str(junk)) == (
+        f"weights: '{junk}' is not a Keras weights file (no HDF5 signature); expected an HDF5 "
+        ".weights.h5 / .h5 file (Model.save_weights, the Keras-applications notop files) or a "
+        ".keras file")
+    (tmp_path / "w.ckpt").write_bytes(b"x")
+    assert "its name ends in none of .weights.h5" in error(weights=str(tmp_path / "w.ckpt"))
 
 
 def test_from_json_errors(tmp_path):
@@ -212,16 +221,21 @@ def test_atomic_write_syncs_before_the_rename_and_names_the_file(tmp_path, monke
 
 def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
     from atomic_files import remove_stale_temps
+    from conftest import temp_name
 
-    dead = tmp_path / "a.tmp-999999999.tfrecord"
-    dead_dir = tmp_path / "m.tmp-999999998.keras"
-    live = tmp_path / "b.tmp-1.h5"  # pid 1 always runs
+    dead = tmp_path / temp_name("a", ".tfrecord", 999999999)
+    dead_dir = tmp_path / temp_name("m", ".keras", 999999998)
+    live = tmp_path / temp_name("b", ".h5", 1)  # pid 1 always runs
     other = tmp_path / "c.tfrecord"
-    for p in (dead, live, other):
+    # not ours to judge: another host's temporary, and a user's file of the old form
+    elsewhere = tmp_path / temp_name("d", ".h5", 999999999, host="0badc0de")
+    users = tmp_path / "notes.tmp-999999999.txt"
+    for p in (dead, live, other, elsewhere, users):
         p.write_bytes(b"x")
     dead_dir.mkdir()
     assert sorted(remove_stale_temps(tmp_path)) == sorted([dead, dead_dir])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tmp-1.h5", "c.tfrecord"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, "c.tfrecord", elsewhere.name, users.name])
 
 
 def test_jit_compile_is_a_bool_for_grid_and_baselines_on_one_device():
@@ -231,3 +245,26 @@ def test_jit_compile_is_a_bool_for_grid_and_baselines_on_one_device():
     assert "not 'SAT'" in error(model_name="SAT", jit_compile=True)
     assert error(jit_compile=True, strategy="mirrored").startswith(
         "jit_compile: XLA steps run on one device")
+
+
+def test_kl_reduction_and_epoch_selection_keys():
+    from losses.vae import KL_REDUCTIONS
+    from config import KL_REDUCTIONS as CONFIG_KL_REDUCTIONS
+    assert CONFIG_KL_REDUCTIONS == KL_REDUCTIONS
+    cfg = Config.from_dict(base())
+    assert (cfg.kl_reduction, cfg.select, cfg.val_retrieval_every, cfg.val_retrieval_queries,
+            cfg.val_retrieval_archive) == ("latent", "last", 1, 1000, 10000)
+    assert Config.from_dict(base(kl_reduction="published")).kl_reduction == "published"
+    assert error(kl_reduction="rows").startswith(
+        "kl_reduction: 'rows' is not one of latent, published")
+    assert error(val_retrieval_every=-1).startswith("val_retrieval_every: must be >= 0")
+    assert error(val_retrieval_queries=1.5).startswith("val_retrieval_queries: expected an int")
+    assert error(select="best").startswith("select: 'best' is not one of last, best_val")
+    assert error(select="best_val").startswith("select: 'best_val' needs validation records")
+    assert "val_retrieval_every 0 turns off" in error(select="best_val", val_retrieval_every=0,
+                                                      val_tfrecord_paths="v.tfrecord")
+    ok = Config.from_dict(base(select="best_val", val_tfrecord_paths="v.tfrecord"))
+    assert ok.select == "best_val"
+    # the dump's per-epoch history and chosen epoch load back as output keys
+    dump = {**ok.dump_dict(), "history": [{"epoch": 1}], "selected_epoch": 1}
+    assert Config.from_dict(dump) == ok

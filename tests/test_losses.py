@@ -109,6 +109,27 @@ def test_kl_hand_computed():
     np.testing.assert_allclose(kl_per_sample(mu4, std4).numpy(), [1.3068528 / 2], atol=1e-6)
 
 
+def test_kl_reductions_on_a_hand_made_latent_map():
+    # std = 1 makes each element's term t = 0.5 * mu^2 (up to 5e-8): choose mu = sqrt(2 t) with
+    # t = 0..23 over (h, w, E) = (2, 3, 4); sample 1 has 2 t. Sum of t = 276 (552).
+    t = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    t = np.concatenate([t, 2 * t])
+    mu, std = tf.constant(np.sqrt(2 * t)), tf.ones((2, 2, 3, 4))
+    # latent: sum over E, mean over the 6 positions -> 276 / 6 = 46
+    np.testing.assert_allclose(kl_per_sample(mu, std, "latent").numpy(), [46.0, 92.0], atol=1e-4)
+    # published: sum over the 2 rows, mean over w x E = 12 values -> 276 / 12 = 23 = 46 * h / E
+    np.testing.assert_allclose(kl_per_sample(mu, std, "published").numpy(), [23.0, 46.0],
+                               atol=1e-4)
+    np.testing.assert_allclose(kl_per_sample(mu, std).numpy(), [46.0, 92.0], atol=1e-4)
+    # a pooled latent (B, E): both reductions are the sum over the latent dims
+    mu2, std2 = tf.constant([[0.0, 1.0], [2.0, 0.0]]), tf.constant([[1.0, 2.0], [1.0, 1.0]])
+    for reduction in ("latent", "published"):
+        np.testing.assert_allclose(kl_per_sample(mu2, std2, reduction).numpy(),
+                                   [1.3068528, 2.0], atol=1e-6)
+    with pytest.raises(ValueError, match="kl_reduction: 'rows' is not one of latent, published"):
+        kl_per_sample(mu2, std2, "rows")
+
+
 def test_recon_hand_computed_and_stops_feature_gradient():
     feat = tf.Variable([[0.0, 0.0], [1.0, 1.0]])
     dec = tf.Variable([[1.0, 2.0], [1.0, 1.0]])

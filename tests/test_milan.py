@@ -1,4 +1,4 @@
-"""MiLaN (SPEC 8) and deep features (SPEC 9): losses by hand, triplet sampling invariants, the
+"""MiLaN and deep features (docs/hashing.md): losses by hand, triplet sampling invariants, the
 hashing network, config keys, end-to-end training + retrieval on tiny DLRSD-style and BEN
 records, off-the-shelf export and the fine-tuned variant from a weights file the test writes."""
 import json
@@ -324,7 +324,7 @@ def test_milan_on_ben_records(tmp_path):
         sum(1 for _ in tf.data.TFRecordDataset(cfg.train_tfrecord_paths))
 
 
-# ---- SPEC 9: off the shelf and fine-tuned ------------------------------------------------------
+# ---- deep features: off the shelf and fine-tuned ---------------------------------------------
 def test_off_the_shelf_features_come_from_the_weights_file(dlrsd, tmp_path):
     cfg = _cfg(dlrsd, tmp_path, model_name="OffTheShelf", batch_size=4, noise_prcnt=0)
     res = training.train(cfg, show_progress=False, log=lambda m: None)

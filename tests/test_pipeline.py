@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import archives
 from archives import dlrsd
-from archives.pipeline import make_dataset
+from archives.pipeline import finish_batch, make_dataset
 
 N = 12
 B_LEVEL = 100.0  # constant blue channel: reveals the brightness delta
@@ -126,6 +126,48 @@ def test_evaluation_centre_crop_in_file_order(records):
         np.testing.assert_allclose(e["image"][0, 0, 0], (16 - dlrsd.MODEL_MEAN[0]) / dlrsd.MODEL_STD[0],
                                    rtol=1e-6)
         assert e["label"].shape == (17,) and e["label"].sum() == 1
+
+
+def test_compact_batches_finished_equal_the_normalised_ones(records):
+    """compact=True hands over parsed dtypes at full size with the draws; finish_batch (what the
+    training loop runs in the compiled step) gives exactly the default batches."""
+    for training in (True, False):
+        kw = dict(training=training, batch_size=5, seed=2, epoch=1)
+        compact = list(make_dataset(records, "DLRSD", compact=True, **kw))
+        normal = list(make_dataset(records, "DLRSD", **kw))
+        assert len(compact) == len(normal) == 3
+        for c, n in zip(compact, normal):
+            assert c["image"].dtype == tf.uint8 and c["image"].shape[1:] == (256, 256, 3)
+            assert c["seg_map"].dtype == tf.int8
+            done = finish_batch(c, "DLRSD", training)
+            assert sorted(done) == sorted(n)
+            for k in n:
+                np.testing.assert_array_equal(done[k].numpy(), n[k].numpy())
+    # the draws ride along with a training batch only
+    assert "_delta" in compact_keys(records, True) and "_delta" not in compact_keys(records, False)
+
+
+def compact_keys(records, training):
+    return set(make_dataset(records, "DLRSD", training=training, batch_size=4,
+                            compact=True).element_spec)
+
+
+def test_training_loop_step_sees_finished_batches(records):
+    from training import with_batch_transform
+
+    seen = []
+
+    def step(batch):
+        seen.append(batch)
+        return {"loss": tf.reduce_mean(batch["image"])}
+
+    ds = make_dataset(records, "DLRSD", training=True, batch_size=6, seed=5, compact=True)
+    run = with_batch_transform(step, lambda b: finish_batch(b, "DLRSD", True))
+    normal = list(make_dataset(records, "DLRSD", training=True, batch_size=6, seed=5))
+    for b, n in zip(ds, normal):
+        np.testing.assert_allclose(run(b)["loss"].numpy(), np.mean(n["image"].numpy()), rtol=1e-5)
+    assert seen[0]["image"].dtype == tf.float32 and seen[0]["image"].shape[1:] == (224, 224, 3)
+    assert with_batch_transform(step, None) is step
 
 
 def test_drop_remainder_and_batch_shapes(records):

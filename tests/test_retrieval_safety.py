@@ -102,3 +102,47 @@ def test_truncated_model_and_records_are_named(tmp_path, capsys):
     cut.write_bytes(raw[:int(len(raw) * 0.7)])
     assert retrieval.main([_config(tmp_path, model, train, cut), "--quiet"]) == 2
     assert "truncated or corrupt TFRecord" in one_error_line(capsys, str(cut))
+
+
+def _codes_only(path, code, label, names):
+    """An HDF5 file of hash codes as another tool writes it: code, label, patch_name only."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("code", data=np.asarray(code, np.uint8))
+        f.create_dataset("label", data=np.asarray(label, np.float32))
+        f.create_dataset("patch_name", data=np.array([n.encode() for n in names], dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+    return str(path)
+
+
+def test_hamming_ranks_files_of_codes_alone_and_names_both_files_on_a_width_mismatch(
+        tmp_path, capsys):
+    from evaluation.hamming import pack_codes
+
+    rng = np.random.default_rng(3)
+    out = {s: (rng.random((n, 16)) > 0.5).astype(np.float32) for s, n in (("q", 6), ("a", 11))}
+    lab = {s: (rng.random((len(out[s]), 17)) > 0.7).astype(np.float32) for s in out}
+    names = {s: [f"{s}{i}" for i in range(len(out[s]))] for s in out}
+    full, bare = {}, {}
+    for s in out:  # the same codes with and without the float features beside them
+        full[s] = str(tmp_path / f"{s}_full.h5")
+        write_features(full[s], out[s], lab[s], names[s], code=pack_codes(out[s]))
+        bare[s] = _codes_only(tmp_path / f"{s}_codes.h5", pack_codes(out[s]), lab[s], names[s])
+    res = {}
+    for kind, files in (("full", full), ("bare", bare)):
+        path = tmp_path / f"{kind}.json"
+        assert retrieval.main(["--query-features", files["q"], "--archive-features", files["a"],
+                               "--metric", "hamming", "--quiet", "--json", str(path)]) == 0
+        res[kind] = json.loads(path.read_text())
+    capsys.readouterr()
+    assert res["bare"]["metrics"] == res["full"]["metrics"] and res["bare"]["num_archive"] == 11
+    # a float metric on codes alone: named, with the way out
+    assert retrieval.main(["--query-features", bare["q"], "--archive-features", bare["a"],
+                           "--quiet"]) == 2
+    line = one_error_line(capsys, bare["q"])
+    assert "holds hash codes only" in line and "--metric hamming" in line
+    # codes of another width: both files named
+    wide = _codes_only(tmp_path / "wide.h5", np.zeros((11, 4), np.uint8), lab["a"], names["a"])
+    assert retrieval.main(["--query-features", bare["q"], "--archive-features", wide,
+                           "--metric", "hamming", "--quiet"]) == 2
+    line = one_error_line(capsys, "code widths differ")
+    assert line == (f"error: code widths differ: {bare['q']} has 16 bits, {wide} has 32 bits")

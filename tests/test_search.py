@@ -1,4 +1,4 @@
-"""Hamming search on packed codes, approximate chi-square, scene relevance, SPEC 9 metrics."""
+"""Hamming search on packed codes, approximate chi-square, scene relevance, per-item label metrics."""
 import json
 
 import numpy as np
@@ -195,7 +195,7 @@ def test_retrieval_cli_scene_hamming_and_approx(tmp_path):
     assert retrieval.main(base + ["--metric", "hamming"]) == 2
 
 
-# ---- SPEC 9 per-item metrics -----------------------------------------------------------------
+# ---- per-item multi-label metrics (docs/hashing.md) ----------------------------------------
 def test_per_item_metrics_hand_computed():
     q = np.array([[1, 1, 0, 0]], np.float32)            # y_q = {0, 1}
     a = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]], np.float32)

@@ -123,7 +123,8 @@ def test_study_runs_cells_skips_finished_and_collects(tmp_path, base_config, cap
     for r in rows:
         assert 0.0 <= float(r["mAP@10"]) <= 1.0 and float(r["train_time_s"]) > 0
     summary = (out / "summary.md").read_text()
-    assert summary.count("\n") == 2 + 3 and "± 0.000" in summary  # one seed: sd 0
+    # one seed: the spread is undefined, shown as n/a (not a made-up 0)
+    assert summary.count("\n") == 2 + 3 and "± n/a" in summary and "± 0.000" not in summary
     assert (out / "selection_vs_noise.png").stat().st_size > 1000
     assert (out / "study.json").is_file()
 
@@ -174,6 +175,102 @@ def test_shipped_study_and_demo_configs_are_valid(monkeypatch):
         assert demo.nb_epoch == s.overrides["nb_epoch"] and demo.backbone == cfg.backbone
 
 
+SEL40 = {"name": "GRID-BCE-sel40", "model_name": "GRID-BCE", "noisy_sel_prcnt": 40}
+
+
+def test_named_model_variants(tmp_path, base_config):
+    s = load_study(_study(tmp_path, base_config, models=["GRID-BCE", SEL40]))
+    assert [c.name for c in s.cells] == ["GRID-BCE-noise50-seed0", "GRID-BCE-sel40-noise50-seed0"]
+    plain, sel40 = (s.cell_config(c) for c in s.cells)
+    assert (plain.noisy_sel_prcnt, sel40.noisy_sel_prcnt) == (25, 40)  # base, variant
+    assert plain.suffix == "seed0" and sel40.suffix == "GRID-BCE-sel40-seed0"
+    assert sel40.model_name == "GRID-BCE" and plain.run_name != sel40.run_name
+    from studies.spec import to_dict
+    assert to_dict(s)["models"] == ["GRID-BCE", SEL40]
+
+
+@pytest.mark.parametrize("variant, message", [
+    ({"model_name": "BCE"}, r"models\[1\].name: required"),
+    ({"name": "a/b", "model_name": "BCE"}, r"models\[1\].name: 'a/b' names files"),
+    ({"name": "X"}, r"models\[1\].model_name: required"),
+    ({"name": "X", "model_name": "BCE", "seed": 1}, r"models\[1\].seed: set per cell"),
+    ({"name": "X", "model_name": "BCE", "kl_reduktion": "latent"},
+     r"models\[1\].kl_reduktion: unknown key"),
+    ({"name": "BCE", "model_name": "GRID-BCE"}, "models: duplicate entries"),
+    ({"name": "X", "model_name": "BCE", "kl_reduction": "rows"},
+     "cell X-noise50-seed0: kl_reduction: 'rows' is not one of"),
+    (3, r"models\[1\]: expected a model name or an object"),
+])
+def test_model_variant_errors_name_the_entry(tmp_path, base_config, variant, message):
+    path = _study(tmp_path, base_config, models=["BCE", variant])
+    with pytest.raises(StudyError, match=message):
+        load_study(path)
+
+
+def test_two_epoch_study_writes_its_curves(tmp_path, base_config):
+    path = _study(tmp_path, base_config, models=["BCE", SEL40], nb_epoch=2)
+    out = tmp_path / "out"
+    assert study_cli.main([str(path)]) == 0
+    with open(out / "curves.csv") as fh:
+        curves = list(csv.DictReader(fh))
+    assert [(r["cell"], r["epoch"]) for r in curves] == [
+        ("BCE-noise50-seed0", "1"), ("BCE-noise50-seed0", "2"),
+        ("GRID-BCE-sel40-noise50-seed0", "1"), ("GRID-BCE-sel40-noise50-seed0", "2")]
+    for r in curves:
+        assert r["retrieval_metric"] == "NDCG@8"  # training archive of 8 (< 20): NDCG@8
+        assert 0.0 <= float(r["val_retrieval"]) <= 1.0
+        assert 0.0 <= float(r["corrupted_fitted"]) <= 1.0
+        assert 0.0 <= float(r["clean_fitted"]) <= 1.0
+        assert float(r["loss"]) > 0
+    assert curves[0]["sel_precision"] == "" and 0.0 <= float(curves[2]["sel_precision"]) <= 1.0
+    # the history matches the run's dumped config
+    s = load_study(path)
+    dump = json.loads(s.cell_config(s.cells[1]).config_dump_path.read_text())
+    assert [float(r["val_retrieval"]) for r in curves[2:]] == pytest.approx(
+        [h["val_retrieval"] for h in dump["history"]])
+    assert (out / "curves_noise50.png").stat().st_size > 1000
+    with open(out / "study.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert "history" not in rows[0] and rows[1]["model"] == "GRID-BCE-sel40"
+    for r in rows:  # the best validation epoch's test figures beside the exported (last) ones
+        assert r["selected_epoch"] == "2" and r["best_val_epoch"] in ("1", "2")
+        if r["best_val_epoch"] == "2":
+            assert r["best_val_mAP@10"] == r["mAP@10"]
+        else:
+            assert 0.0 <= float(r["best_val_mAP@10"]) <= 1.0
+
+
+def test_curves_are_averaged_over_seeds_per_epoch():
+    rows = [{"model": "BCE", "noise_prcnt": 50, "seed": s,
+             "history": [{"epoch": 1, "val_retrieval": v1, "corrupted_fitted": 0.1},
+                         {"epoch": 2, "val_retrieval": v2}]}
+            for s, v1, v2 in ((0, 0.2, 0.4), (1, 0.4, float("nan")))]
+    curves = report.curve_rows(rows)
+    assert [(c["cell"], c["epoch"]) for c in curves] == [
+        ("BCE-noise50-seed0", 1), ("BCE-noise50-seed0", 2), ("BCE-noise50-seed1", 1),
+        ("BCE-noise50-seed1", 2)]
+    assert curves[1]["corrupted_fitted"] is None
+    means = report.mean_curves(curves, "val_retrieval")
+    assert means[("BCE", 50)] == ([1, 2], [pytest.approx(0.3), 0.4])  # NaN left out
+    assert report.mean_curves(curves, "corrupted_fitted")[("BCE", 50)] == ([1], [0.1])
+
+
+def test_a_variant_may_run_at_some_noise_levels_only(tmp_path, base_config):
+    jocor = {"name": "JoCoR", "model_name": "JoCoR", "noise_levels": [50]}
+    s = load_study(_study(tmp_path, base_config, noise_levels=[0, 50],
+                          models=["BCE", jocor, {**SEL40, "noise_levels": [50]}]))
+    assert [c.name for c in s.cells] == ["BCE-noise0-seed0", "BCE-noise50-seed0",
+                                         "JoCoR-noise50-seed0", "GRID-BCE-sel40-noise50-seed0"]
+    assert s.cell_config(s.cells[2]).suffix == "seed0"  # the plain model: run name unchanged
+    from studies.spec import to_dict
+    assert to_dict(s)["models"][1] == jocor
+    bad = _study(tmp_path, base_config, noise_levels=[0, 50],
+                 models=["BCE", {**SEL40, "noise_levels": [30]}])
+    with pytest.raises(StudyError, match=r"models\[1\].noise_levels: 30 is not one of the "
+                                         r"study's noise_levels \[0, 50\]"):
+        load_study(bad)
+
+
 def test_selected_per_epoch_counts_the_floor_of_each_batch():
     assert runner.selected_per_epoch(294, 32, 10) == 27  # 9 batches x 3, then 6 x 10 % -> 0
     assert runner.selected_per_epoch(10, 4, 25) == 2
@@ -197,3 +294,70 @@ def test_set_overrides_every_cell_after_the_file(tmp_path, base_config, capsys):
     err = capsys.readouterr().err.splitlines()
     assert "error: --set nb_epok: unknown key; did you mean 'nb_epoch'?" in err[0]
     assert any(line.startswith("error: --set embed_dim: must be >= 1") for line in err)
+
+
+# ---------------------------------------------------------------- claims and spreads
+def _plant_claim(path, pid):
+    import locks
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": pid, "host": locks.hostname(), "start": None,
+                                "since": "2026-01-02 03:04:05", "purpose": "study cell",
+                                "token": "planted"}))
+
+
+def test_claimed_cell_is_skipped_a_stale_claim_is_taken_over_and_both_are_listed(
+        tmp_path, base_config, capsys):
+    import os
+
+    import locks
+
+    path = _study(tmp_path, base_config, models=["BCE"], seeds=[0, 1])
+    s = load_study(path)
+    live, stale = (s.out / "claims" / f"{c.name}.lock" for c in s.cells)
+    _plant_claim(live, os.getpid())  # another process is training cell 0
+    _plant_claim(stale, 999999999)  # cell 1's claimer was killed
+    holder = f"pid {os.getpid()} on host {locks.hostname()} since 2026-01-02 03:04:05 (study cell)"
+    assert study_cli.main([str(path), "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"   0  BCE-noise50-seed0                running: {holder}",
+        f"   1  BCE-noise50-seed1                pending (stale claim of pid 999999999 on host "
+        f"{locks.hostname()} since 2026-01-02 03:04:05 (study cell))"]
+    assert study_cli.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"[0] BCE-noise50-seed0: claimed by {holder}, skipped" in out
+    assert "taking over the stale lock of pid 999999999" in out
+    assert "1 cell(s) being trained by other processes were skipped (0)" in out
+    assert not s.cell_result_path(s.cells[0]).exists() and s.cell_result_path(s.cells[1]).is_file()
+    assert not s.cell_config(s.cells[0]).weights_dir.exists()  # never touched
+    from test_train import summary_steps
+    assert summary_steps(s.cell_config(s.cells[1]).summaries_dir, "train/loss") == [1, 2]  # once
+    assert live.exists() and not stale.exists()  # the other's claim stays; ours is released
+    assert [runner.claim_path(s, c) for c in s.cells] == [live, stale]
+    assert study_cli.main([str(path), "--list"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(" finished")
+
+
+def test_one_seed_spread_is_na_in_every_output(tmp_path, base_config):
+    import math
+
+    s = load_study(_study(tmp_path, base_config, models=["BCE"], noise_levels=[0, 50],
+                          seeds=[0, 1]))
+    rows = [{"model": "BCE", "noise_prcnt": n, "seed": seed, "chance_level": 0.0,
+             "sel_precision": math.nan, "sel_recall": math.nan, "mAP@20": v, "NDCG@20": v}
+            for n, seed, v in ((0, 0, 0.5), (0, 1, 0.7), (50, 0, 0.4))]
+    for cell, row in zip(s.cells, rows):
+        s.cell_result_path(cell).parent.mkdir(parents=True, exist_ok=True)
+        s.cell_result_path(cell).write_text(json.dumps(row))
+    res = report.collect(s)
+    summary = report.summarise(rows, ["NDCG@20"], s)
+    assert summary[0]["NDCG@20_sd"] == pytest.approx(math.sqrt(0.02))  # sd of 0.5 and 0.7
+    assert math.isnan(summary[1]["NDCG@20_sd"])
+    assert "| BCE | 0 | 2 | 0.600 ± 0.141 | 0.600 ± 0.141 |" in res["table"]
+    assert "| BCE | 50 | 1 | 0.400 ± n/a | 0.400 ± n/a |" in res["table"]
+    (one_seed,) = [x for x in (s.out / "summary.md").read_text().splitlines() if "| 50 | 1 |" in x]
+    assert one_seed == "| BCE | 50 | 1 | 0.400 ± n/a | 0.400 ± n/a | - | - | 0.000 ± n/a |"
+    with open(s.out / "summary.csv") as fh:
+        by_noise = {r["noise_prcnt"]: r for r in csv.DictReader(fh)}
+    assert by_noise["50"]["NDCG@20_sd"] == "" and by_noise["50"]["NDCG@20_mean"] == "0.4"
+    assert float(by_noise["0"]["NDCG@20_sd"]) == pytest.approx(math.sqrt(0.02))

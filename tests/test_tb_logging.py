@@ -60,3 +60,19 @@ def test_retrieval_metrics_as_scalars(tmp_path):
     (ev,) = ea.Tensors("retrieval/mAP@20")
     assert ev.step == 4 and float(tf.make_ndarray(ev.tensor_proto)) == pytest.approx(0.75)
     assert "retrieval/bad" not in ea.Tags()["tensors"]
+
+
+def test_a_trained_run_writes_its_hparams_once(records, tmp_path):
+    import training
+    from conftest import run_config
+
+    cfg = run_config(records, tmp_path, model_name="BCE", nb_epoch=2, learning_rate=0.002)
+    training.train(cfg, max_epochs=1, show_progress=False, log=lambda m: None)
+    training.train(cfg, resume=True, show_progress=False, log=lambda m: None)
+    ea = _accumulator(cfg.summaries_dir)
+    assert len(ea.Tensors("_hparams_/session_start_info")) == 1  # not again on --resume
+    start = _plugin_data(ea, "_hparams_/session_start_info").session_start_info
+    assert start.group_name == cfg.run_name
+    assert start.hparams["learning_rate"].number_value == pytest.approx(0.002)
+    assert start.hparams["model_name"].string_value == "BCE"
+    assert "epoch_train/loss" in ea.Tags()["tensors"]  # beside the training scalars

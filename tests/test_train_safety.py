@@ -2,15 +2,19 @@
 removed, checkpoint before validation, damaged records and checkpoints, full disk, Ctrl-C during
 validation, leftovers of killed processes. Tiny runs on the session's sample records."""
 import json
+import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import run_guard
 import train as train_cli
 import training
 from run_guard import RunError
+from conftest import temp_name
 from test_train import make_cfg, summary_steps
 
 
@@ -169,9 +173,9 @@ def test_leftovers_of_killed_processes_are_removed(records, tmp_path):
     cfg = make_cfg(records, tmp_path, model_name="BCE")
     cfg.checkpoint_dir.mkdir(parents=True)
     (cfg.checkpoint_dir / "ckpt-7_temp").mkdir()
-    dead = cfg.weights_dir / "feature_model.tmp-999999999.keras"
+    dead = cfg.weights_dir / temp_name("feature_model", ".keras", 999999999)
     dead.write_bytes(b"half")
-    live = cfg.weights_dir / "feature_model.tmp-1.keras"  # pid 1 is alive: kept
+    live = cfg.weights_dir / temp_name("feature_model", ".keras", 1)  # pid 1 is alive: kept
     live.write_bytes(b"mine")
     logs = []
     training.train(cfg, resume=True, show_progress=False, log=logs.append)
@@ -189,3 +193,155 @@ def test_output_folder_under_a_file_is_named_before_training(records, tmp_path):
                                        r"\(dumps.summaries\)"):
         training.train(cfg, show_progress=False)
     assert not cfg.weights_dir.exists()
+
+
+# ---------------------------------------------------------------- --overwrite keeps the old run
+def snapshot(cfg):
+    """Every file (bytes) and link (target) of a run's outputs, by path; plus whatever a
+    set-aside or an overwrite lock left beside them."""
+    out = {}
+    for top in (cfg.weights_dir, cfg.summaries_dir, cfg.config_dump_path, cfg.features_dir):
+        for p in [top, *(top.rglob("*") if top.is_dir() and not top.is_symlink() else [])]:
+            if p.is_symlink():
+                out[str(p)] = ("link", os.readlink(p))
+            elif p.is_file():
+                out[str(p)] = p.read_bytes()
+        for p in top.parent.iterdir():
+            if ".overwritten-" in p.name or p.name.endswith(".overwrite.lock"):
+                out[str(p)] = "leftover"
+    return out
+
+
+def finished_run(records, tmp_path, **kw):
+    cfg = make_cfg(records, tmp_path, model_name="BCE", **kw)
+    training.train(cfg, show_progress=False)
+    cfg.features_dir.mkdir(parents=True)
+    (cfg.features_dir / "retrieval.json").write_text('{"old": true}')  # retrieval's outputs
+    return cfg
+
+
+def test_overwrite_with_a_damaged_training_file_keeps_the_old_run(records, tmp_path, capsys):
+    """Case (b) of the report: the old run had 5 checkpoint files, 3 after --overwrite died."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val", "test", "train_noise_prcnt50"):
+        shutil.copy(records / f"{name}.tfrecord", data)
+    cfg = finished_run(data, tmp_path)
+    before = snapshot(cfg)
+    assert len([p for p in before if "/checkpoints/" in p]) >= 3
+    # about half its bytes, cut inside a record (8 records of one size: exactly half is whole
+    # records); its first record still reads, so the input check passes
+    bad = truncate(records / "train_noise_prcnt50.tfrecord", data / "train_noise_prcnt50.tfrecord",
+                   0.55)
+    assert train_cli.main([write_cfg(cfg, tmp_path / "c.json"), "--overwrite",
+                           "--no-progress"]) == 2
+    assert snapshot(cfg) == before  # bytes for bytes, nothing left beside
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [f"error: {bad}: truncated or corrupt TFRecord "
+                                        f"{err.split('TFRecord ', 1)[1].strip()}"]
+    assert f"--overwrite: moved {cfg.checkpoint_dir} aside" in out
+    assert f"the earlier run {cfg.run_name} is restored" in out
+
+
+def test_overwrite_refuses_a_linked_summaries_folder_before_touching_anything(records, tmp_path,
+                                                                              capsys):
+    """Case (a) of the report: it deleted the checkpoints, then died in rmtree on the link."""
+    cfg = finished_run(records, tmp_path)
+    real = tmp_path / "elsewhere"
+    shutil.move(cfg.summaries_dir, real)
+    cfg.summaries_dir.symlink_to(real)
+    before = snapshot(cfg)
+    assert train_cli.main([write_cfg(cfg, tmp_path / "c.json"), "--overwrite",
+                           "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {cfg.summaries_dir}: is a symbolic link (to {real}); --overwrite does "
+                   "not replace linked run outputs: remove the link (its target is kept) or "
+                   "point dumps.summaries at the real folder. Nothing was changed"]
+    assert snapshot(cfg) == before and any(real.iterdir())
+
+
+def test_overwrite_interrupted_before_its_first_checkpoint_restores_the_old_run(
+        records, tmp_path, monkeypatch):
+    cfg = finished_run(records, tmp_path, nb_epoch=2)
+    before = snapshot(cfg)
+    real, calls = training._to_numbers, []
+
+    def interrupt_at(n):
+        def step(*args):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args)
+        return step
+
+    monkeypatch.setattr(training, "_to_numbers", interrupt_at(1))  # Ctrl-C at the first step
+    logs = []
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg, overwrite=True, show_progress=False, log=logs.append)
+    assert snapshot(cfg) == before
+    assert any("stopped before its first epoch checkpoint" in m for m in logs)
+    # interrupted after the first epoch's checkpoint: the new run stays, the old one is gone
+    calls.clear()
+    monkeypatch.setattr(training, "_to_numbers", interrupt_at(3))  # 2 steps per epoch
+    logs.clear()
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg, overwrite=True, show_progress=False, log=logs.append)
+    assert any(m.startswith(f"--overwrite: deleted the earlier run {cfg.run_name}") for m in logs)
+    assert summary_steps(cfg.summaries_dir, "train/loss") == [1, 2]  # the new run's only
+    reader = tf.train.load_checkpoint(str(cfg.checkpoint_dir))
+    assert reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE") == 1
+    assert not cfg.features_dir.exists() and not cfg.config_dump_path.exists()
+    assert not [p for p in snapshot(cfg).values() if p == "leftover"]
+    assert training.train(cfg, resume=True, show_progress=False).completed
+
+
+def test_overwrite_killed_midway_is_undone_by_the_next_call_and_a_live_one_is_refused(
+        records, tmp_path):
+    cfg = finished_run(records, tmp_path)
+    before = {k: v for k, v in snapshot(cfg).items() if "/checkpoints/" in k}
+    logs = []
+    run_guard.set_aside(cfg, logs.append)  # what a process did before kill -9 ...
+    cfg.checkpoint_dir.mkdir(parents=True)
+    (cfg.checkpoint_dir / "checkpoint").write_text("partial")  # ... with the new run begun
+    lock = run_guard.overwrite_lock_path(cfg)
+    info = json.loads(lock.read_text())
+    # still running (this very process): another --overwrite of the run is refused
+    with pytest.raises(RunError, match=f"run {cfg.run_name}: in use by pid {os.getpid()} on host"):
+        training.train(cfg, overwrite=True, show_progress=False)
+    lock.write_text(json.dumps({**info, "pid": 999999999}))  # the process is gone
+    training.train(cfg, resume=True, show_progress=False, log=logs.append)
+    assert any("stopped before its first epoch checkpoint: the earlier run is restored" in m
+               for m in logs)
+    after = snapshot(cfg)
+    assert {k: v for k, v in after.items() if "/checkpoints/" in k} == before
+    assert "leftover" not in after.values()
+
+
+def test_weights_file_that_is_not_keras_weights_is_a_named_error(records, tmp_path, capsys):
+    import keras
+
+    junk = tmp_path / "w.weights.h5"
+    junk.write_text("not weights")
+    d = make_cfg(records, tmp_path, model_name="BCE").to_dict()
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({**d, "weights": str(junk)}))
+    assert train_cli.main([str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: weights: '{junk}' is not a Keras weights file (no HDF5 "
+                   "signature); expected an HDF5 .weights.h5 / .h5 file (Model.save_weights, the "
+                   "Keras-applications notop files) or a .keras file"]
+    assert not (tmp_path / "model_weights").exists()
+    # weights of another network: found when loaded, named; an --overwrite keeps the old run
+    cfg = finished_run(records, tmp_path)
+    before = snapshot(cfg)
+    other = tmp_path / "other.weights.h5"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]).save_weights(str(other))
+    path.write_text(json.dumps({**cfg.to_dict(), "weights": str(other)}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train_cli.main([str(path), "--overwrite", "--no-progress"]) == 2
+    assert not [w for w in caught if "Skipping" in str(w.message)]  # the one line says it all
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {other}: cannot be loaded as the weights of backbone "
+                           "small_cnn (") and line.endswith("(config key weights)")
+    assert snapshot(cfg) == before
