@@ -5,19 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import study as study_cli
+from conftest import copy_records
 from studies import report, runner
 from studies.spec import StudyError, load_study
 
 N_TRAIN, N_EVAL = 8, 10
-
-
-def _copy(src: Path, dst: Path, n: int) -> None:
-    with tf.io.TFRecordWriter(str(dst)) as writer:
-        for raw in tf.data.TFRecordDataset(str(src)).take(n):
-            writer.write(raw.numpy())
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def base_config(tmp_path_factory) -> Path:
     tiny.mkdir()
     for name, src, n in (("train", "train", N_TRAIN), ("train_noise_prcnt50", "train_noise_prcnt50",
                           N_TRAIN), ("val", "val", 4), ("test", "train", N_EVAL)):
-        _copy(full / "TFRecord" / f"{src}.tfrecord", tiny / f"{name}.tfrecord", n)
+        copy_records(full / "TFRecord" / f"{src}.tfrecord", tiny / f"{name}.tfrecord", n)
     cfg = dict(model_name="BCE", dataset="DLRSD", backbone="small_cnn", embed_dim=8,
                batch_size=4, nb_epoch=3, noisy_sel_prcnt=25,
                train_tfrecord_paths=str(tiny / "train.tfrecord"),
