@@ -416,6 +416,33 @@ class Config:
 
 _MISSING = object()  # a required key that is absent (already reported)
 
+def restore_dump(data: dict) -> dict:
+    """A dumped config as read from JSON, with its undefined numbers back: the null values of
+    ``final_metrics`` and of each ``history`` entry as NaN (the dump writes NaN as null)."""
+    import run_history
+    from json_numbers import nan_for_null
+
+    out = dict(data)
+    if isinstance(out.get("final_metrics"), Mapping):
+        out["final_metrics"] = nan_for_null(out["final_metrics"])
+    if isinstance(out.get("history"), list):
+        out["history"] = run_history.read_history(out["history"])
+    return out
+
+
+def read_dump(path: str | os.PathLike) -> dict:
+    """The config train.py dumped at ``path`` (``restore_dump``). ValueError naming the file
+    when it is not JSON or not an object; OSError when it cannot be read."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object (a dumped run config), "
+                         f"got {type(data).__name__}")
+    return restore_dump(data)
+
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
@@ -43,12 +42,8 @@ FIRST = ("model", "noise_prcnt", "seed", "chance_level", "selection_share", "sel
 
 def load_rows(study: Study) -> list[dict]:
     """Results of the finished cells, in cell order."""
-    rows = []
-    for cell in study.cells:
-        path = study.cell_result_path(cell)
-        if path.is_file():
-            rows.append(json.loads(path.read_text()))
-    return rows
+    return [study.cell_result(cell) for cell in study.cells
+            if study.cell_result_path(cell).is_file()]
 
 
 CURVE_COLUMNS = ("cell", "model", "noise_prcnt", "seed", "epoch", "retrieval_metric",

@@ -148,15 +148,13 @@ def run_cell(study: Study, index: int, *, show_progress: bool = False, log=_log)
 
 
 def _finished(study: Study, index: int, cell: Cell, log) -> dict:
-    import json
-
     log(f"[{index}] {cell.name}: finished earlier, skipped")
-    return json.loads(study.cell_result_path(cell).read_text())
+    return study.cell_result(cell)
 
 
 def _train_and_evaluate(study: Study, index: int, cell: Cell, show_progress: bool, log) -> dict:
     """The work of a claimed cell: data (if the study makes it), training, retrieval, result."""
-    import json
+    from config import read_dump
 
     result_path = study.cell_result_path(cell)
     prepare_data(study, log)
@@ -178,7 +176,7 @@ def _train_and_evaluate(study: Study, index: int, cell: Cell, show_progress: boo
         raise RuntimeError(f"{cell.name}: training stopped before nb_epoch")
     t_train = time.perf_counter() - start
     _, res = retrieval.run_config(str(cfg.config_dump_path), _retrieval_args(study, cfg.config_dump_path))
-    dump = json.loads(cfg.config_dump_path.read_text())
+    dump = read_dump(cfg.config_dump_path)
     final = dump.get("final_metrics") or {}
     n_records, n_corrupted = training_counts(cfg)
     row = {"model": cell.model, "noise_prcnt": cell.noise_prcnt, "seed": cell.seed,
@@ -208,6 +206,7 @@ def _best_val_metrics(study: Study, cfg, dump: dict) -> dict:
     import json
 
     import retrieval
+    from json_numbers import nan_for_null
     from run_history import BEST_FILE
 
     history = dump.get("history") or []
@@ -219,6 +218,7 @@ def _best_val_metrics(study: Study, cfg, dump: dict) -> dict:
     out = {"best_val_epoch": int(best["epoch"])}
     if int(best["epoch"]) == dump.get("selected_epoch"):  # exported already: same figures
         res = json.loads((cfg.features_dir / "retrieval.json").read_text())
+        res["metrics"] = nan_for_null(res["metrics"])
     else:
         copy = {**dump, "run_name": f"{dump['run_name']}-best_val",
                 "feature_model_path": str(best_path)}

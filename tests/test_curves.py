@@ -226,6 +226,39 @@ def test_training_with_select_last_exports_the_last_epoch_and_logs_the_probe(rec
     assert len(acc.Tensors("val/retrieval_NDCG@8")) == 2
 
 
+def test_a_dump_with_an_undefined_value_is_strict_json_and_round_trips(records, tmp_path):
+    """At noise 0 nothing is corrupted: corrupted_fitted is undefined (NaN). The dumped config
+    holds null there (strict JSON: jq and JavaScript read it), read_dump gives NaN back, and a
+    resumed complete run writes the same history and final metrics again."""
+    import json
+
+    from atomic_files import write_json_atomic
+    from config import read_dump
+    from conftest import run_config
+
+    def strict(text):
+        def refuse(name):
+            raise ValueError(f"not strict JSON: {name}")
+        return json.loads(text, parse_constant=refuse)
+
+    cfg = run_config(records, tmp_path, noise_prcnt=0, nb_epoch=1)
+    _train(cfg)
+    text = cfg.config_dump_path.read_text()
+    raw = strict(text)
+    (entry,) = raw["history"]
+    assert entry["corrupted_fitted"] is None and 0.0 <= entry["clean_fitted"] <= 1.0
+    assert entry["retrieval_metric"] == "NDCG@8"
+    back = read_dump(cfg.config_dump_path)
+    assert math.isnan(back["history"][0]["corrupted_fitted"])
+    assert back["history"][0]["clean_fitted"] == entry["clean_fitted"]
+    again = tmp_path / "again.json"
+    write_json_atomic(again, back)
+    assert again.read_text() == text
+    _train(cfg, resume=True)  # complete: re-saves its outputs from the checkpoint and the dump
+    resaved = strict(cfg.config_dump_path.read_text())
+    assert resaved["history"] == raw["history"] and resaved["final_metrics"] == raw["final_metrics"]
+
+
 def test_grid_pce_kl_reduction_scales_by_rows_over_latent_dims():
     import models
     from models.config import ModelConfig
@@ -248,13 +281,12 @@ def test_grid_pce_kl_reduction_scales_by_rows_over_latent_dims():
 
 
 def test_milan_probe_ranks_hash_codes_and_measures_no_memorisation(records, tmp_path):
-    import json
-
     from conftest import run_config
     cfg = run_config(records, tmp_path, model_name="MiLaN", batch_size=6, nb_epoch=1,
                      hash_bits=16)
     _train(cfg)
-    (entry,) = json.loads(cfg.config_dump_path.read_text())["history"]
+    from config import read_dump
+    (entry,) = read_dump(cfg.config_dump_path)["history"]  # null in the file: read back as NaN
     assert entry["retrieval_metric"] == "NDCG@8" and 0.0 <= entry["val_retrieval"] <= 1.0
     assert math.isnan(entry["corrupted_fitted"]) and math.isnan(entry["clean_fitted"])
     assert epoch_probe.distance_of("MiLaN") == "hamming"

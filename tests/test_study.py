@@ -332,6 +332,38 @@ def test_claimed_cell_is_skipped_a_stale_claim_is_taken_over_and_both_are_listed
     assert capsys.readouterr().out.splitlines()[1].endswith(" finished")
 
 
+def test_cell_results_are_strict_json_and_read_back_as_nan(tmp_path, base_config):
+    import math
+
+    from atomic_files import write_json_atomic
+
+    s = load_study(_study(tmp_path, base_config, models=["BCE"], noise_levels=[0, 50]))
+    row = {"model": "BCE", "noise_prcnt": 0, "seed": 0, "chance_level": 0.0,
+           "sel_precision": math.nan, "sel_recall": math.inf, "mAP@10": 0.5,
+           "selected_epoch": None, "run_name": "r",
+           "history": [{"epoch": 1, "retrieval_metric": "NDCG@8", "val_retrieval": 0.4,
+                        "corrupted_fitted": math.nan}]}
+    path = s.cell_result_path(s.cells[0])
+    path.parent.mkdir(parents=True)
+    write_json_atomic(path, row)
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    raw = json.loads(path.read_text(), parse_constant=refuse)
+    assert raw["sel_precision"] is None and raw["history"][0]["corrupted_fitted"] is None
+    (got,) = report.load_rows(s)
+    assert math.isnan(got["sel_precision"]) and math.isnan(got["sel_recall"])
+    assert got["selected_epoch"] is None and got["mAP@10"] == 0.5 and got["run_name"] == "r"
+    assert math.isnan(got["history"][0]["corrupted_fitted"])
+    assert got["history"][0]["val_retrieval"] == 0.4
+    # a finished cell read by the runner: the same row (NaN compared as the token json writes)
+    assert json.dumps(runner._finished(s, 0, s.cells[0], lambda m: None)) == json.dumps(got)
+    report.collect(s)
+    with open(s.out / "study.csv") as fh:
+        (csv_row,) = list(csv.DictReader(fh))
+    assert csv_row["sel_precision"] == "" and csv_row["mAP@10"] == "0.5"
+
+
 def test_one_seed_spread_is_na_in_every_output(tmp_path, base_config):
     import math
 
