@@ -60,7 +60,14 @@ def _wait_for_lock(path: Path, purpose: str, log) -> locks.Lock:
             time.sleep(DATA_WAIT_S)
 
 
+class DataPrepError(ValueError):
+    """The study's sample data could not be written; the message names the file and the step
+    (study.py prints it as ``error: ...`` and exits 2)."""
+
+
 def _write_data(study: Study, levels: list, log) -> None:
+    import tensorflow as tf
+
     import prep_DLRSD_noisy
     from archives import sample
 
@@ -68,14 +75,27 @@ def _write_data(study: Study, levels: list, log) -> None:
     opts = study.sample_archive
     log(f"writing the {opts['variant']} sample archive ({opts['per_class']} per class, seed "
         f"{opts['seed']}) and its TFRecords under {study.data_dir}")
-    sample.write_sample_archive(raw, seed=opts["seed"], per_class=opts["per_class"],
-                                variant=opts["variant"])
+    try:
+        sample.write_sample_archive(raw, seed=opts["seed"], per_class=opts["per_class"],
+                                    variant=opts["variant"])
+    except (OSError, ValueError) as err:
+        where = getattr(err, "filename", None) or raw
+        raise DataPrepError(f"{where}: writing the study's sample archive failed "
+                            f"({getattr(err, 'strerror', None) or err})") from None
     args = ["-r_dlrsd", str(raw / "DLRSD"), "-r_ucm", str(raw / "UCMerced_LandUse"),
             "-o", str(study.data_dir), "--quiet"]
     if levels:
         args += ["--noise-levels", *map(str, levels)]
-    if prep_DLRSD_noisy.main(args) != 0:
-        raise RuntimeError(f"prep_DLRSD_noisy failed for {study.data_dir}")
+    step = f"preparing the study's records from {raw} (prep_DLRSD_noisy.py)"
+    try:
+        rc = prep_DLRSD_noisy.main(args)  # bad input: it prints its own "error: <file>: ..."
+    except (OSError, tf.errors.OpError) as err:
+        where = getattr(err, "filename", None) or study.data_dir / "TFRecord"
+        raise DataPrepError(f"{where}: {step} failed ({getattr(err, 'strerror', None) or err})") \
+            from None
+    if rc != 0:
+        raise DataPrepError(f"{study.data_dir / 'TFRecord'}: {step} failed (exit {rc}; the "
+                            "reason is on the line above); fix that and run again")
 
 
 def training_counts(cfg) -> tuple[int, int]:

@@ -364,6 +364,32 @@ def test_cell_results_are_strict_json_and_read_back_as_nan(tmp_path, base_config
     assert csv_row["sel_precision"] == "" and csv_row["mAP@10"] == "0.5"
 
 
+@pytest.mark.parametrize("blocker, named, step", [
+    ("data/TFRecord", "data/TFRecord", "preparing the study's records"),
+    ("data/raw/DLRSD", "data/raw/DLRSD/Images/", "writing the study's sample archive"),
+])
+def test_a_failed_sample_data_step_is_a_named_error(tmp_path, base_config, capsys, blocker,
+                                                      named, step):
+    """A file where the study's data folder should be: ``error: <file>: <step> ...``, exit 2
+    (no traceback), and the finished cell's result and study.json are left as they were."""
+    path = _study(tmp_path, base_config, models=["BCE", "GRID-BCE"],
+                  sample_archive={"variant": "default", "per_class": 5, "seed": 0})
+    s = load_study(path)
+    done = s.cell_result_path(s.cells[0])
+    done.parent.mkdir(parents=True)
+    done.write_text('{"model": "BCE", "noise_prcnt": 50, "seed": 0}')
+    (s.out / blocker).parent.mkdir(parents=True, exist_ok=True)
+    (s.out / blocker).write_text("not a folder")
+    assert study_cli.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if step in x]
+    assert line.startswith(f"error: {s.out / named}") and "failed" in line
+    assert "Traceback" not in err
+    assert done.read_text() == '{"model": "BCE", "noise_prcnt": 50, "seed": 0}'
+    assert (s.out / "study.json").is_file() and (s.out / blocker).read_text() == "not a folder"
+    assert not s.cell_result_path(s.cells[1]).exists()
+
+
 def test_one_seed_spread_is_na_in_every_output(tmp_path, base_config):
     import math
 
