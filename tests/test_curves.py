@@ -7,8 +7,8 @@ import tensorflow as tf
 
 import run_history
 from evaluation import epoch_probe
-from evaluation.memorisation import (FitCounts, batch_counts, multilabel_counts, pixel_counts,
-                                     relation_counts)
+from evaluation.memorisation import (FitCounts, PriorTally, batch_counts, multilabel_counts,
+                                     pixel_counts, relation_counts)
 
 
 # ---------------------------------------------------------------- memorisation
@@ -47,6 +47,33 @@ def test_counts_pool_over_batches_and_nothing_corrupted_is_nan():
     total = FitCounts(2, 1, 4, 3) + FitCounts(2, 2, 0, 0)
     assert total.shares() == {"corrupted_fitted": 0.75, "clean_fitted": 0.75}
     assert math.isnan(FitCounts(0, 0, 4, 4).shares()["corrupted_fitted"])
+
+
+def test_prior_only_reference_multilabel_by_hand():
+    # class 0 is present in 2 of 3 noisy labels (majority present), classes 1, 2 absent
+    label = np.array([[1, 0, 1], [1, 0, 0], [0, 0, 1]])
+    noisy = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 1]])
+    tally = PriorTally("BCE", 3)
+    tally.add({"label": label[:2], "noisy_label": noisy[:2]})  # pooled over two batches
+    tally.add({"label": label[2:], "noisy_label": noisy[2:]})
+    # prior predicts (1, 0, 0). Corrupted: (0,1) noisy 1 -> not fitted; (0,2) noisy 0 -> fitted.
+    # Clean: class 0 values 1, 1, 0 -> 2 fitted; class 1 0, 0 -> 2; class 2 0, 1 -> 1: 5 of 7
+    assert tally.shares() == {"corrupted_fitted_prior": 0.5, "clean_fitted_prior": 5 / 7}
+    # the same as scoring the prior's prediction with multilabel_counts
+    logits = np.tile([[1.0, -1.0, -1.0]], (3, 1))
+    c = multilabel_counts(logits, label, noisy).shares()
+    assert (c["corrupted_fitted"], c["clean_fitted"]) == (0.5, 5 / 7)
+
+
+def test_prior_only_reference_pixels_by_hand():
+    clean = np.array([[[0, 1, -1, 2, 1, 1]]])
+    noisy = np.array([[[0, 2, -1, 1, 1, 1]]])  # noisy classes: 0 once, 1 three times, 2 once
+    tally = PriorTally("PCE", 3)
+    tally.add({"seg_map": clean, "noisy_seg_map": noisy})
+    # prior predicts class 1 everywhere. Corrupted pixels 1 (noisy 2), 3 (noisy 1): 1 of 2.
+    # Clean labelled pixels 0 (class 0), 4, 5 (class 1): 2 of 3
+    assert tally.shares() == {"corrupted_fitted_prior": 0.5, "clean_fitted_prior": 2 / 3}
+    assert math.isnan(PriorTally("RRL", 3).shares()["corrupted_fitted_prior"])
 
 
 def test_batch_counts_for_relation_heads_read_both_maps():
@@ -153,6 +180,10 @@ def test_probe_measures_the_model_on_the_training_and_validation_records(records
     assert counts.corrupted > 0
     assert got["corrupted_fitted"] == pytest.approx(counts.shares()["corrupted_fitted"])
     assert got["clean_fitted"] == pytest.approx(counts.shares()["clean_fitted"])
+    prior = PriorTally(cfg.task, cfg.nb_class)
+    prior.add({k: v.numpy() for k, v in batch.items()})
+    assert got["corrupted_fitted_prior"] == pytest.approx(prior.shares()["corrupted_fitted_prior"])
+    assert 0 <= got["clean_fitted_prior"] <= 1
     feat = model.feature_model(batch["image"]).numpy()
     val = next(iter(make_dataset(list(cfg.val_tfrecord_paths), cfg.archive, training=False,
                                  batch_size=8)))
