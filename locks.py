@@ -1,6 +1,6 @@
 """Exclusive locks between processes: a lock file created with O_CREAT|O_EXCL naming its holder.
 
-Used for a prep output folder (archives/common.py), a study cell (studies/runner.py) and an
+Used for a prep output folder (archives/prep_cli.py), a study cell (studies/runner.py) and an
 ``--overwrite`` in progress (run_guard.py). Standard library only; see docs/reliability.md.
 
 A lock file is a small JSON object: ``pid``, ``host``, ``since`` (local time), ``start`` (the

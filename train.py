@@ -17,7 +17,8 @@ import cli_common
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="JSON config file (see README: configuration)")
+    parser.add_argument("config",
+                        help="JSON config file (every key: docs/training.md#configuration)")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
                        help="continue from the run's newest readable checkpoint (even mid-epoch)")

@@ -1,4 +1,5 @@
-"""Label-noise injection helpers shared by the archive modules (docs/data.md, 'Label noise')."""
+"""Label-noise injection helpers shared by the archive modules (docs/data.md, "Preparing the
+records", Label noise)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,7 +20,7 @@ def pick_count(pairs_count: int, prcnt: float) -> int:
     """Number of pairs to pick: ``prcnt`` % of ``pairs_count``, rounded down.
 
     Written as the published prep scripts compute it, ``int(pairs * N * 0.01)``, so a user gets
-    exactly the published amount of noise (docs/data.md, 'Label noise')."""
+    exactly the published amount of noise (docs/data.md, "Preparing the records", Label noise)."""
     return int(pairs_count * prcnt * 0.01)
 
 

@@ -1,6 +1,6 @@
 """Which record files a config's path list stands for, and which noise overlay goes with them.
 
-A split may be named (docs/full-scale.md, "Naming a split"):
+A split may be named (docs/full-scale.md, "Naming a split in a config"):
 
 * as one file or a list of files, read in the order given (published single files work as before);
 * as a glob (``dumps/data/BENv2/TFRecord/train-*.tfrecord``), its files in name order;

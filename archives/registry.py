@@ -156,7 +156,8 @@ DLRSD = register(ArchiveInfo(
                    "parkinglot", "river", "runway", "sparseresidential", "storagetanks",
                    "tenniscourt"),
     sample_module="archives.sample",
-    # the demo runs on the hard sample variant, the setting of README's robustness study
+    # the demo runs on the hard sample variant, the setting of the robustness study
+    # (docs/studies.md)
     demo_configs=("configs/demo_hard_grid_bce.json", "configs/demo_hard_bce.json"),
     demo_sample_args=("--variant", "hard", "--per-class", "20"), demo_folder="DLRSD-hard",
     demo_prep=("prep_DLRSD_noisy.py", "-r_dlrsd", "{raw}/DLRSD", "-r_ucm",

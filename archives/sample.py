@@ -177,7 +177,8 @@ def main(argv=None) -> int:
     p.add_argument("--patches", type=int, default=None, help="BEN patches (default: its own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", choices=VARIANTS, default="default",
-                   help="DLRSD: 'hard' shares colours/textures between classes (README)")
+                   help="DLRSD: 'hard' shares colours/textures between classes "
+                        "(docs/data.md)")
     cli_common.add_verbose_arg(p)
     a = p.parse_args(argv)
     cli_common.quiet_tensorflow(a.verbose)

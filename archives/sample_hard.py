@@ -1,8 +1,8 @@
 """The ``hard`` variant of the DLRSD-style sample archive: classes that are harder to tell apart.
 
-Chosen so that a clean model does not saturate retrieval and label noise can cost it (README,
-"The hard sample archive"); the scene compositions and the file layout are those of
-``archives.sample``. Differences from the default variant:
+Chosen so that a clean model does not saturate retrieval and label noise can cost it
+(docs/data.md, "The hard DLRSD-style sample (`--variant hard`)"); the scene compositions and the
+file layout are those of ``archives.sample``. Differences from the default variant:
 
 - colours: each class colour is pulled 60 % towards the mean colour of its group (vegetation,
   built-up, water, soil, vehicles), so classes of a group share most of their colour;

@@ -38,7 +38,8 @@ def build_hash_net(feature_dim: int, bits: int, name: str = "hash_net") -> keras
 
     A ``Normalization`` layer ("hash_norm", identity until adapted) comes first: the frozen
     path adapts it to the cached training features (per-dimension mean and variance), so any
-    backbone's feature scale suits the network (see README, MiLaN decisions).
+    backbone's feature scale suits the network (docs/hashing.md, "MiLaN: metric-learning deep
+    hashing", Decisions).
     """
     inp = keras.Input(shape=(int(feature_dim),), name="hash_in")
     x = layers.Normalization(axis=-1, name="hash_norm")(inp)

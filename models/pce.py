@@ -2,9 +2,10 @@
 
 Three Conv2DTranspose layers (64 ReLU, 32 ReLU, nb_class linear), padding "same", so each
 multiplies the size by its stride. The strides come from the actual feature-map size: with
-f = H / h an integer (224 / 7 = 32 for DenseNet121 on DLRSD -> strides 4, 4, 2) the chain is
-exact; otherwise the strides cover ceil(H / h) and a final bilinear Resizing layer brings the
-logits to exactly (H, W) (e.g. BEN 120 / 3). Kernel size = 2 * stride (3 for stride 1).
+f = H / h an integer (224 / 7 = 32 for DenseNet121 on DLRSD -> strides 4, 4, 2; 120 / 3 = 40 on
+BigEarthNet -> 5, 4, 2) the chain is exact; otherwise the strides cover ceil(H / h) and a final
+bilinear Resizing layer brings the logits to exactly (H, W) (e.g. a 7 x 7 map to 120: strides
+3, 3, 2 give 126, resized to 120). Kernel size = 2 * stride (3 for stride 1).
 """
 import math
 

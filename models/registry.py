@@ -36,7 +36,6 @@ class ModelInfo:
     pixel_maps: bool = False        # trains on pixel maps (needs an archive that has them)
     strategies: tuple[str, ...] = ("default",)  # tf.distribute strategies it runs under
     jit: bool = False               # XLA-compiled steps offered (``jit_compile``)
-    mixed_precision: bool = False   # float16 compute offered
     retrieval_metric: str | None = None  # retrieval.py's default distance (None: its own)
     binary_codes: bool = False      # retrieval also stores packed codes of its sigmoid outputs
     # run-name parts after the common ones: (config key, format), e.g. ("hash_bits", "bits{}")

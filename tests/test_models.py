@@ -273,6 +273,7 @@ def test_densenet_pce_head_matches_dlrsd_map_size():
     from models.pce import build_head, upsampling_plan
     assert upsampling_plan((7, 7), (224, 224)) == ((4, 4, 2), False)
     assert upsampling_plan((3, 3), (120, 120)) == ((5, 4, 2), False)
+    assert upsampling_plan((7, 7), (120, 120)) == ((3, 3, 2), True)  # 126 px, resized to 120
     head = build_head((7, 7, 16), make_cfg(nb_class=17), "h", map_hw=(224, 224))
     assert tuple(head.output.shape[1:]) == (224, 224, 17)
     head = build_head((3, 3, 16), make_cfg(), "h", map_hw=(100, 100))  # needs the final resize
