@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -23,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from json_numbers import to_json
 from locks import hostname, pid_alive  # noqa: F401  (pid_alive: re-exported)
 
 # the names :func:`atomic_path` gives its temporaries, and nothing else
@@ -140,9 +140,11 @@ def _check_target(path: Path) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON (with a final newline) through :func:`atomic_path`."""
+    """Write ``data`` as indented, strict JSON (with a final newline) through
+    :func:`atomic_path`: NaN and infinite floats are written as null (json_numbers.py)."""
+    text = to_json(data, indent=2) + "\n"  # before the temporary: a value it cannot write raises
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
 
 
 def is_temp_name(name: str) -> bool:

@@ -20,13 +20,14 @@ from typing import Any, Mapping
 
 from archives import registry
 from models import registry as models
-from models.registry import BACKBONES, STRATEGIES
+from config_error import ConfigError  # noqa: F401  (re-exported: callers import it from here)
+from models.registry import BACKBONES, MIXED_PRECISION, STRATEGIES
+from models.weights_file import weights_file_problem
 
 TRIPLET_LABELS = ("label", "scene")
 FEATURE_LAYERS = ("pooling", "output")
 DATASETS = registry.names()  # at import; validation reads the registry itself
 OPTIMIZERS = ("Adam", "SGD")
-MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")  # "off" or a Keras dtype policy
 KL_REDUCTIONS = ("latent", "published")  # as losses/vae.py (tests check they agree)
 SELECT = ("last", "best_val")  # which epoch's feature model is exported
 DUMP_KEYS = ("model_weights", "summaries", "configs", "features")
@@ -36,15 +37,6 @@ DEFAULT_DUMPS = {"model_weights": "dumps/weights", "summaries": "dumps/summaries
 OUTPUT_KEYS = ("run_name", "nb_class", "feature_model_path", "training_time_s",
                "noisy_train_paths", "final_metrics", "history", "selected_epoch")
 FEATURE_MODEL_FILE = "feature_model.keras"
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the offending key. ``problems``: every
-    problem found (one line each, each naming its key); the message joins them."""
-
-    def __init__(self, message: str | list[str]):
-        self.problems = [message] if isinstance(message, str) else list(message)
-        super().__init__("\n".join(self.problems))
 
 
 # the problems of the config being validated (None: raise at the first one)
@@ -416,36 +408,32 @@ class Config:
 
 _MISSING = object()  # a required key that is absent (already reported)
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+def restore_dump(data: dict) -> dict:
+    """A dumped config as read from JSON, with its undefined numbers back: the null values of
+    ``final_metrics`` and of each ``history`` entry as NaN (the dump writes NaN as null)."""
+    import run_history
+    from json_numbers import nan_for_null
+
+    out = dict(data)
+    if isinstance(out.get("final_metrics"), Mapping):
+        out["final_metrics"] = nan_for_null(out["final_metrics"])
+    if isinstance(out.get("history"), list):
+        out["history"] = run_history.read_history(out["history"])
+    return out
 
 
-def weights_file_problem(path: str) -> str | None:
-    """Why an existing file cannot be a weights file for ``Model.load_weights``, or None: its
-    name must end as Keras requires (.weights.h5, .h5, .hdf5, .keras, .weights.json) and its
-    first bytes must be those of that format (HDF5 signature, at 0 or a power of two from
-    512; zip for .keras; a JSON object for .weights.json). Only the name and a few bytes are
-    read: a file of the right format for another architecture fails when it is loaded."""
-    name = os.path.basename(path)
+def read_dump(path: str | os.PathLike) -> dict:
+    """The config train.py dumped at ``path`` (``restore_dump``). ValueError naming the file
+    when it is not JSON or not an object; OSError when it cannot be read."""
     try:
-        with open(path, "rb") as fh:
-            if name.endswith(".keras"):
-                return None if fh.read(4) == b"PK\x03\x04" else "not a zip archive"
-            if name.endswith(".weights.json"):
-                try:
-                    return None if isinstance(json.load(fh), dict) else "not a JSON object"
-                except ValueError:
-                    return "not JSON"
-            if not name.endswith((".h5", ".hdf5")):
-                return "its name ends in none of .weights.h5, .h5, .hdf5, .keras, .weights.json"
-            size, offset = os.fstat(fh.fileno()).st_size, 0
-            while offset + len(HDF5_SIGNATURE) <= size:
-                fh.seek(offset)
-                if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
-                    return None
-                offset = 512 if offset == 0 else offset * 2
-            return "no HDF5 signature"
-    except OSError as err:
-        return f"cannot be read: {err.strerror or err}"
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object (a dumped run config), "
+                         f"got {type(data).__name__}")
+    return restore_dump(data)
 
 
 def with_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]

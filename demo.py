@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import cli_common  # noqa: E402
 from archives import registry  # noqa: E402
-from config import Config  # noqa: E402  (needs HERE on the path when run from elsewhere)
+from config import Config, read_dump  # noqa: E402  (needs HERE on the path when run from elsewhere)
+from json_numbers import nan_for_null  # noqa: E402
 
 # where the commands run: the repository root; an installed copy (no configs/ beside it) runs
 # in the current folder
@@ -90,8 +91,9 @@ def main() -> None:
 
 def summary_row(cfg: Config) -> dict:
     """One table row from a run's dumped config and the retrieval results beside its features."""
-    results = json.loads((ROOT / cfg.features_dir / "retrieval.json").read_text())["metrics"]
-    final = json.loads((ROOT / cfg.config_dump_path).read_text()).get("final_metrics", {})
+    results = nan_for_null(
+        json.loads((ROOT / cfg.features_dir / "retrieval.json").read_text())["metrics"])
+    final = read_dump(ROOT / cfg.config_dump_path).get("final_metrics", {})
     row = {"model": cfg.model_name, "noise %": cfg.noise_prcnt,
            "NDCG@20": results.get("NDCG@20")}
     headline = cfg.archive.headline_metric  # e.g. BigEarthNet's NDCG@30, after NDCG@20

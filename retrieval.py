@@ -16,7 +16,6 @@ tb_logging.py). See evaluation/metrics.py for the metric definitions.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -140,13 +139,8 @@ def run_config(path: str, args) -> tuple[str, dict]:
     cfg_path = Path(path)
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
-    try:
-        data = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object (a dumped run config), "
-                         f"got {type(data).__name__}")
+    from config import read_dump
+    data = read_dump(path)  # ValueError naming the file: not JSON, or not an object
     missing = [k for k in CONFIG_KEYS if k not in data]
     if "dumps" in data and "features" not in (data["dumps"] or {}):
         missing.append("dumps.features")

@@ -7,6 +7,8 @@ every checkpoint, so a resumed run continues both. The best epoch's feature mode
 (atomically) to ``best_feature_model.keras`` in the run's weights folder whenever the validation
 retrieval improves; with ``select: "best_val"`` it becomes ``feature_model.keras`` at the end.
 Test data is never read: the choice uses validation queries against the training archive.
+An undefined value (``corrupted_fitted`` when nothing is corrupted: NaN) is stored as null
+(strict JSON, json_numbers.py) and read back as NaN (``read_history``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Mapping
 
 from atomic_files import atomic_path
+from json_numbers import nan_for_null, to_json
 
 BEST_FILE = "best_feature_model.keras"
 
@@ -25,13 +28,22 @@ def empty_state() -> dict:
     return {"history": [], "best_epoch": None, "best_value": None}
 
 
+def read_history(entries) -> list[dict]:
+    """The history as read from JSON: each entry's null values (undefined numbers) as NaN."""
+    return [nan_for_null(h) for h in entries or []]
+
+
 def load_state(text: str) -> dict:
     """The state from its JSON (the checkpointed string); empty for ""."""
-    return {**empty_state(), **json.loads(text)} if text else empty_state()
+    if not text:
+        return empty_state()
+    state = {**empty_state(), **json.loads(text)}
+    return {**state, "history": read_history(state["history"])}
 
 
 def dump_state(state: Mapping) -> str:
-    return json.dumps(state, allow_nan=True)
+    """The state as strict JSON (NaN as null)."""
+    return to_json(state)
 
 
 def is_better(value: float, best: float | None) -> bool:

@@ -10,7 +10,8 @@
 Finished cells are skipped; an interrupted cell resumes from its last checkpoint. A cell that
 another process is training (its claim in <out>/claims/) is skipped; --list shows who holds it
 (docs/reliability.md). See README, "Robustness study". Exit codes: 0 done, 2 bad study file or
-input, 130 interrupted.
+input, or the study's sample data could not be written (``error: <file>: <step> failed``; the
+other outputs are left as they were), 130 interrupted.
 """
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ import run_guard
 import run_history
 import tb_logging
 from atomic_files import atomic_path, remove_stale_temps, write_json_atomic
-from config import Config, ConfigError
+from config import Config, ConfigError, read_dump
+from json_numbers import nan_for_null, to_json
 from models.base import SELECTION_COUNTS, mean_metrics
 from models.precision import float32_output, loss_scaled, with_config_policy
 from run_guard import RunError
@@ -429,7 +430,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     try:
         pending = run.pending.numpy().decode()
         if pending:  # stopped after its checkpoint, before validation/report: finish that epoch
-            run.means = {k: float(v) for k, v in json.loads(pending).items()}
+            run.means = {k: float(v) for k, v in nan_for_null(json.loads(pending)).items()}
             run.counts = None  # not checkpointed: the selection line falls back to noise_prcnt
             log(f"epoch {start} was checkpointed but not yet validated: validating it now")
             _report_epoch(run, writer, start)
@@ -528,7 +529,7 @@ def _end_epoch(run: _Run, writer, epoch: int, last: bool) -> None:
     # multi-worker: every epoch (each worker's clock differs; all must take part in a save)
     every = 0.0 if run.cfg.strategy == "multi_worker" else run.model.checkpoint_every_s
     if last or time.perf_counter() - run.last_save_s >= every:
-        run.pending.assign(json.dumps(run.means))
+        run.pending.assign(to_json(run.means))
         run.save()
         run_guard.checkpoint_written()  # --overwrite: the set-aside earlier run is deleted now
     _report_epoch(run, writer, epoch + 1)
@@ -666,7 +667,7 @@ def _export(run: _Run) -> RunResult:
 
 def _previous_final_metrics(path: Path) -> dict[str, float]:
     try:
-        return dict(json.loads(path.read_text()).get("final_metrics") or {})
+        return dict(read_dump(path).get("final_metrics") or {})
     except (OSError, ValueError):
         return {}
 

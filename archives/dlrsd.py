@@ -433,6 +433,51 @@ def _scene_loads(items, pool, label_table, ml_path, bar, skip_invalid: bool, ski
         yield scene, out
 
 
+def _noise_stats(levels) -> dict[int, dict[str, int]]:
+    """Per level, the counts a PrepReport noise entry holds, all zero."""
+    return {n: dict(pairs_total=0, pairs_picked=0, pairs_changed=0, images_total=0,
+                    images_changed=0) for n in levels}
+
+
+def _scene_noise(maps: list, labels: list, level: int, seed: int, scene: str,
+                 stats: dict) -> list[tuple[np.ndarray | None, np.ndarray]]:
+    """Draw ``level``'s map noise over one class folder's train maps (the same draw in both
+    layouts) and add its counts to ``stats[level]``. Per image: (noisy map, or None where the
+    map is unchanged; noisy label)."""
+    from archives.noise import inject_map_noise
+
+    noisy, st = inject_map_noise(maps, np.array(labels), level, _level_rng(seed, level, scene),
+                                 NB_CLASS)
+    count = stats[level]
+    for k in ("pairs_total", "pairs_picked", "pairs_changed"):
+        count[k] += st[k]
+    out = []
+    for label, nmap in zip(labels, noisy):
+        nlabel = label if nmap is None else classes_present(nmap)
+        count["images_changed"] += bool(np.any(nlabel != label))
+        count["images_total"] += 1
+        out.append((nmap, nlabel))
+    return out
+
+
+def _finish_report(report, out_dir: Path, stats: dict, tally: dict, t0: float, **meta):
+    """Fill ``report``'s noise, palette-miss and tally fields, save it as prep_report.json
+    and write records_meta.json (``meta``: write_meta's splits/overlays of a shards layout)."""
+    from archives.records_meta import write_meta
+    from archives.report import PrepReport
+
+    misses = tally["misses"]
+    report.noise = {n: PrepReport.noise_entry(**s) for n, s in stats.items()}
+    report.palette_misses = {"pixels": int(sum(misses.values())), "maps": len(misses),
+                             "per_map": dict(sorted(misses.items()))}
+    report.extra.update(resized_files=int(tally["resized"]),
+                        label_map_disagreements=int(tally["disagree"]))
+    report.time_s = time.time() - t0
+    report.save(out_dir / "prep_report.json")
+    write_meta(out_dir, INFO, report, **meta)
+    return report
+
+
 @locks_output
 def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = NOISE_LEVELS,
             seed: int = 42, schema: str = "compact", multi_labels=None, skip_invalid: bool = False,
@@ -455,8 +500,7 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
 
     from tqdm import tqdm
 
-    from archives.noise import check_levels, inject_map_noise
-    from archives.records_meta import write_meta
+    from archives.noise import check_levels
     from archives.report import PrepReport
 
     t0 = time.time()
@@ -489,16 +533,14 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
                                shard_size=shard_size, shard=shard, t0=t0)
     names = {s: out_dir / f"{s}.tfrecord" for s in SPLITS}
     names |= {n: out_dir / f"train_noise_prcnt{n}.tfrecord" for n in levels}
-    stats = {n: dict(pairs_total=0, pairs_picked=0, pairs_changed=0, images_total=0,
-                     images_changed=0) for n in levels}
+    stats = _noise_stats(levels)
     written = {k: 0 for k in names}
-    misses = {}
     with contextlib.ExitStack() as stack:
         writers = {k: stack.enter_context(atomic_tfrecord_writer(p)) for k, p in names.items()}
         bar = stack.enter_context(tqdm(total=len(items), desc="DLRSD", unit="img", disable=not progress))
         pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
         # scan_archive lists items grouped by scene folder, in sorted order
-        tally = {"misses": misses, "resized": 0, "disagree": 0}
+        tally = {"misses": {}, "resized": 0, "disagree": 0}
         for scene, loaded_items in _scene_loads(items, pool, label_table, ml_path, bar,
                                                 skip_invalid, skipped, tally):
             train = []  # (stem, image, seg, label, clean bytes)
@@ -509,33 +551,20 @@ def prepare(ucm_root, dlrsd_root, out_folder, *, noise_levels: Iterable[int] = N
                 if it.split == "train":
                     train.append((it.stem, image, seg, label, raw))
             for n in levels:
-                noisy, st = inject_map_noise([t[2] for t in train], np.array([t[3] for t in train]),
-                                             n, _level_rng(seed, n, scene), NB_CLASS)
-                for k in ("pairs_total", "pairs_picked", "pairs_changed"):
-                    stats[n][k] += st[k]
-                for (stem, image, seg, label, raw), nmap in zip(train, noisy):
+                noisy = _scene_noise([t[2] for t in train], [t[3] for t in train], n, seed,
+                                     scene, stats)
+                for (stem, image, seg, label, raw), (nmap, nlabel) in zip(train, noisy):
                     if nmap is None:  # unchanged: identical to the clean record
                         writers[n].write(raw)
                     else:
-                        nlabel = classes_present(nmap)
-                        stats[n]["images_changed"] += bool(np.any(nlabel != label))
                         writers[n].write(encode_example(image, seg, nmap, label, nlabel, stem, schema))
-                    stats[n]["images_total"] += 1
                     written[n] += 1
         for s in SPLITS:
             if written[s] == 0:
                 raise ValueError(f"{out_dir}: split '{s}' is empty after skipping invalid items")
     report.records = {str(k): v for k, v in written.items()}
-    report.noise = {n: PrepReport.noise_entry(**stats[n]) for n in levels}
     report.skipped = skipped
-    report.palette_misses = {"pixels": int(sum(misses.values())), "maps": len(misses),
-                             "per_map": dict(sorted(misses.items()))}
-    report.extra.update(resized_files=int(tally["resized"]),
-                        label_map_disagreements=int(tally["disagree"]))
-    report.time_s = time.time() - t0
-    report.save(out_dir / "prep_report.json")
-    write_meta(out_dir, INFO, report)
-    return report
+    return _finish_report(report, out_dir, stats, tally, t0)
 
 
 def _prepare_shards(items, out_dir, report, levels, *, seed, schema, label_table, ml_path, skipped,
@@ -548,20 +577,15 @@ def _prepare_shards(items, out_dir, report, levels, *, seed, schema, label_table
     from tqdm import tqdm
 
     from archives import overlay, shards
-    from archives.noise import inject_map_noise
-    from archives.records_meta import write_meta
-    from archives.report import PrepReport
 
     kept = {s: [] for s in SPLITS}  # (item, label) in name order
     noisy = {n: {} for n in levels}  # level -> stem -> (noisy label, lut)
-    stats = {n: dict(pairs_total=0, pairs_picked=0, pairs_changed=0, images_total=0,
-                     images_changed=0) for n in levels}
-    misses = {}
+    stats = _noise_stats(levels)
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=len(items), desc="DLRSD labels and noise",
                                        unit="img", disable=not progress))
         pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
-        tally = {"misses": misses, "resized": 0, "disagree": 0}
+        tally = {"misses": {}, "resized": 0, "disagree": 0}
         for scene, loaded_items in _scene_loads(items, pool, label_table, ml_path, bar,
                                                 skip_invalid, skipped, tally):
             train = []
@@ -570,14 +594,9 @@ def _prepare_shards(items, out_dir, report, levels, *, seed, schema, label_table
                 if it.split == "train":
                     train.append((it.stem, seg, label))
             for n in levels:
-                maps, st = inject_map_noise([t[1] for t in train], np.array([t[2] for t in train]),
-                                            n, _level_rng(seed, n, scene), NB_CLASS)
-                for k in ("pairs_total", "pairs_picked", "pairs_changed"):
-                    stats[n][k] += st[k]
-                for (stem, seg, label), nmap in zip(train, maps):
-                    nlabel = label if nmap is None else classes_present(nmap)
-                    stats[n]["images_changed"] += bool(np.any(nlabel != label))
-                    stats[n]["images_total"] += 1
+                drawn = _scene_noise([t[1] for t in train], [t[2] for t in train], n, seed,
+                                     scene, stats)
+                for (stem, seg, _), (nmap, nlabel) in zip(train, drawn):
                     noisy[n][stem] = (nlabel, overlay.lut_from_maps(seg, nmap, NB_CLASS))
     for s in SPLITS:
         if not kept[s]:
@@ -599,12 +618,4 @@ def _prepare_shards(items, out_dir, report, levels, *, seed, schema, label_table
                 "map_lut": np.stack([noisy[n][stems[r]][1] for r in rows])}
 
     split_meta, overlays = shards.finish(out_dir, INFO, report, results, levels, seed, arrays)
-    report.noise = {n: PrepReport.noise_entry(**stats[n]) for n in levels}
-    report.palette_misses = {"pixels": int(sum(misses.values())), "maps": len(misses),
-                             "per_map": dict(sorted(misses.items()))}
-    report.extra.update(resized_files=int(tally["resized"]),
-                        label_map_disagreements=int(tally["disagree"]))
-    report.time_s = time.time() - t0
-    report.save(out_dir / "prep_report.json")
-    write_meta(out_dir, INFO, report, splits=split_meta, overlays=overlays)
-    return report
+    return _finish_report(report, out_dir, stats, tally, t0, splits=split_meta, overlays=overlays)

@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from evaluation.memorisation import FitCounts, batch_counts
+from evaluation.memorisation import FitCounts, PriorTally, batch_counts
 
 SUBSET_SEED = 0
 _TARGET_KEYS = ("label", "noisy_label", "seg_map", "noisy_seg_map")
@@ -122,6 +122,7 @@ class EpochProbe:
         self.distance = distance_of(cfg.model_name)
         self.has_queries = bool(cfg.val_tfrecord_paths)
         self._subsets = None  # counted at the first probe (reads the record files)
+        self.prior = None  # PriorTally of the last training-archive pass
 
     @property
     def subsets(self) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -145,6 +146,7 @@ class EpochProbe:
         ds = make_dataset(list(paths), self.cfg.archive, training=False,
                           batch_size=self.cfg.batch_size, indices=indices)
         feats, labels, total = [], [], None
+        prior = PriorTally(self.task, self.cfg.nb_class) if counts else None
         for batch in ds:
             out = [t.numpy() for t in fn(batch["image"])]
             feats.append(out[0].astype(np.float32).reshape(out[0].shape[0], -1))
@@ -153,15 +155,18 @@ class EpochProbe:
                 total = total or FitCounts()
                 arrays = {k: v.numpy() for k, v in batch.items() if k in _TARGET_KEYS}
                 total = total + batch_counts(self.task, out[1], arrays, self.cfg.nb_class)
+                prior.add(arrays)
         if not feats:
             raise ValueError(f"{list(paths)}: no records to probe")
+        self.prior = prior if counts else self.prior
         return np.concatenate(feats), np.concatenate(labels), total
 
     def measure(self, fn) -> dict[str, float | str]:
         """One probe with ``fn`` (from :func:`make_probe_fn`): ``retrieval_metric`` (its
         name), ``val_retrieval`` (NaN without validation records), ``corrupted_fitted``,
         ``clean_fitted`` (NaN where not measured: no task head, or a model whose ``fn`` gives
-        no discriminative output)."""
+        no discriminative output), and the prior-only reference of both
+        (``corrupted_fitted_prior``, ``clean_fitted_prior``; evaluation/memorisation.py)."""
         archive_idx, query_idx = self.subsets
         a_feat, a_lab, counts = self._pass(fn, self.cfg.noisy_train_paths, archive_idx,
                                            counts=True)
@@ -178,6 +183,9 @@ class EpochProbe:
                 if not self.unscored:
                     self.log(f"note: validation retrieval not scored ({err}); training goes on")
                 self.unscored = True
-        out.update(counts.shares() if counts is not None else
-                   {"corrupted_fitted": math.nan, "clean_fitted": math.nan})
+        if counts is not None:
+            out.update(counts.shares())
+            out.update(self.prior.shares())
+        else:
+            out.update({"corrupted_fitted": math.nan, "clean_fitted": math.nan})
         return out

@@ -19,6 +19,12 @@ memorisation of the noise; NaN when nothing is corrupted, e.g. at noise 0);
 ``clean_fitted`` = clean units predicted as their (clean = noisy) value / clean units (how well
 the model fits the labels that are right). Both are pooled over the whole measured set, not
 averaged per image.
+
+The *prior-only* reference (``PriorTally``) is what a model that learned nothing from the images
+would score: one that predicts, for every unit, the majority noisy value over the measured set
+(multi-label: per class, present if more than half the noisy labels have it, usually absent;
+pixels: the most frequent noisy class). A model whose ``corrupted_fitted`` stays at this level
+has not memorised the noise; memorisation is the rise above it.
 """
 from __future__ import annotations
 
@@ -65,6 +71,62 @@ def _counts(corrupted: np.ndarray, fitted_noisy: np.ndarray, fitted_clean: np.nd
         corrupted, clean = corrupted & valid, clean & valid
     return FitCounts(int(corrupted.sum()), int((corrupted & fitted_noisy).sum()),
                      int(clean.sum()), int((clean & fitted_clean).sum()))
+
+
+@dataclasses.dataclass
+class PriorTally:
+    """Per-class counts over a measured set, enough to score the prior-only predictor.
+
+    Multi-label (``task`` "BCE"), per class c: noisy positives and pairs (for the majority),
+    corrupted pairs whose noisy value is 1 / 0, clean pairs whose value is 1 / 0.
+    Pixels ("PCE"), per class k: labelled pixels whose noisy class is k, corrupted pixels whose
+    noisy class is k, clean pixels of class k. Relation heads: not scored (NaN).
+    """
+
+    task: str
+    nb_class: int
+    arrays: dict = dataclasses.field(default_factory=dict)
+
+    def add(self, batch: dict) -> None:
+        """Count one evaluation batch (``archives.pipeline`` dict of numpy arrays)."""
+        if self.task == "BCE":
+            clean = np.asarray(batch["label"]) > 0.5
+            noisy = np.asarray(batch["noisy_label"]) > 0.5
+            corrupted = clean != noisy
+            parts = {"noisy_pos": noisy.sum(0), "pairs": np.full(clean.shape[1], len(clean)),
+                     "cor_pos": (corrupted & noisy).sum(0), "cor_neg": (corrupted & ~noisy).sum(0),
+                     "clean_pos": (~corrupted & clean).sum(0),
+                     "clean_neg": (~corrupted & ~clean).sum(0)}
+        elif self.task == "PCE":
+            clean, noisy = np.asarray(batch["seg_map"]), np.asarray(batch["noisy_seg_map"])
+            valid = clean >= 0
+            corrupted = valid & (clean != noisy)
+            def hist(mask):
+                return np.bincount(noisy[mask].ravel().astype(np.int64),
+                                   minlength=self.nb_class)[:self.nb_class]
+            parts = {"noisy": hist(valid), "cor": hist(corrupted),
+                     "clean": hist(valid & ~corrupted)}
+        else:
+            return
+        for key, value in parts.items():
+            self.arrays[key] = self.arrays.get(key, 0) + np.asarray(value, np.int64)
+
+    def shares(self) -> dict[str, float]:
+        """{"corrupted_fitted_prior", "clean_fitted_prior"} (NaN where undefined)."""
+        a = self.arrays
+        if not a:
+            return {"corrupted_fitted_prior": math.nan, "clean_fitted_prior": math.nan}
+        if self.task == "BCE":
+            present = 2 * a["noisy_pos"] > a["pairs"]  # the majority noisy value of each class
+            cor = np.where(present, a["cor_pos"], a["cor_neg"]).sum()
+            clean = np.where(present, a["clean_pos"], a["clean_neg"]).sum()
+            n_cor = int((a["cor_pos"] + a["cor_neg"]).sum())
+            n_clean = int((a["clean_pos"] + a["clean_neg"]).sum())
+            return {"corrupted_fitted_prior": _share(int(cor), n_cor),
+                    "clean_fitted_prior": _share(int(clean), n_clean)}
+        top = int(np.argmax(a["noisy"]))  # the most frequent noisy class
+        return {"corrupted_fitted_prior": _share(int(a["cor"][top]), int(a["cor"].sum())),
+                "clean_fitted_prior": _share(int(a["clean"][top]), int(a["clean"].sum()))}
 
 
 def multilabel_counts(logits, label, noisy_label) -> FitCounts:

@@ -7,7 +7,8 @@ import keras
 from keras import layers
 
 from models.registry import BACKBONES  # the names a config may give; every one is built here
-from config import ConfigError, weights_file_problem
+from config_error import ConfigError
+from models.weights_file import weights_file_problem
 
 _APPS = {
     "densenet121": "DenseNet121", "resnet50": "ResNet50", "resnet101": "ResNet101",

@@ -14,7 +14,7 @@ import functools
 
 import keras
 
-from config import MIXED_PRECISION as POLICIES  # "off" and the Keras policy names
+from models.registry import MIXED_PRECISION as POLICIES  # "off" and the Keras policy names
 
 
 def policy_name(cfg) -> str:

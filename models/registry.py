@@ -17,6 +17,7 @@ from typing import Callable, Mapping
 BACKBONES = ("densenet121", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
              "mobilenet_v2", "small_cnn", "inception_v3")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")  # "off" or a Keras dtype policy
 
 # A check of the model's own config rules: (validated config values, archive description or
 # None) -> "<key>: <problem>" or None. Runs after every key was type-checked.

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
@@ -43,17 +42,14 @@ FIRST = ("model", "noise_prcnt", "seed", "chance_level", "selection_share", "sel
 
 def load_rows(study: Study) -> list[dict]:
     """Results of the finished cells, in cell order."""
-    rows = []
-    for cell in study.cells:
-        path = study.cell_result_path(cell)
-        if path.is_file():
-            rows.append(json.loads(path.read_text()))
-    return rows
+    return [study.cell_result(cell) for cell in study.cells
+            if study.cell_result_path(cell).is_file()]
 
 
 CURVE_COLUMNS = ("cell", "model", "noise_prcnt", "seed", "epoch", "retrieval_metric",
-                 "val_retrieval", "corrupted_fitted", "clean_fitted", "sel_precision",
-                 "sel_recall", "loss", "dis_loss", "val_loss")
+                 "val_retrieval", "corrupted_fitted", "clean_fitted", "corrupted_fitted_prior",
+                 "clean_fitted_prior", "sel_precision", "sel_recall", "loss", "dis_loss",
+                 "val_loss")
 
 
 def curve_rows(rows: list[dict]) -> list[dict]:
@@ -84,7 +80,8 @@ def mean_curves(curves: list[dict], key: str) -> dict[tuple[str, int], tuple[lis
 
 def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:
     """``curves_noise<N>.png`` per noise level: validation retrieval (left) and memorisation
-    (right: corrupted pairs fitted, solid; clean pairs fitted, dashed) against the epoch."""
+    (right: corrupted pairs fitted, solid; clean pairs fitted, dashed; dotted: the corrupted
+    pairs a prior-only predictor fits, the level of no memorisation) against the epoch."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -93,6 +90,7 @@ def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:
     val = mean_curves(curves, "val_retrieval")
     corrupted = mean_curves(curves, "corrupted_fitted")
     clean = mean_curves(curves, "clean_fitted")
+    prior = mean_curves(curves, "corrupted_fitted_prior")
     paths = []
     for noise in study.noise_levels:
         if not any(k[1] == noise for k in (*val, *corrupted, *clean)):
@@ -107,6 +105,10 @@ def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:
             if (model, noise) in clean:
                 ax_m.plot(*clean[(model, noise)], color=color, ls="--",
                           label=f"{model} clean")
+        levels = [v for (_, n), (_, vs) in prior.items() if n == noise for v in vs]
+        if levels:  # the same data in every cell: one line
+            ax_m.axhline(float(np.mean(levels)), color="0.4", ls=":", lw=1.2,
+                         label="corrupted, prior-only predictor")
         ax_v.set_ylabel(f"validation {metric} (mean over seeds)")
         ax_m.set_ylabel("share of training pairs fitted")
         ax_m.set_ylim(-0.02, 1.02)

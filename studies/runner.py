@@ -60,7 +60,14 @@ def _wait_for_lock(path: Path, purpose: str, log) -> locks.Lock:
             time.sleep(DATA_WAIT_S)
 
 
+class DataPrepError(ValueError):
+    """The study's sample data could not be written; the message names the file and the step
+    (study.py prints it as ``error: ...`` and exits 2)."""
+
+
 def _write_data(study: Study, levels: list, log) -> None:
+    import tensorflow as tf
+
     import prep_DLRSD_noisy
     from archives import sample
 
@@ -68,14 +75,27 @@ def _write_data(study: Study, levels: list, log) -> None:
     opts = study.sample_archive
     log(f"writing the {opts['variant']} sample archive ({opts['per_class']} per class, seed "
         f"{opts['seed']}) and its TFRecords under {study.data_dir}")
-    sample.write_sample_archive(raw, seed=opts["seed"], per_class=opts["per_class"],
-                                variant=opts["variant"])
+    try:
+        sample.write_sample_archive(raw, seed=opts["seed"], per_class=opts["per_class"],
+                                    variant=opts["variant"])
+    except (OSError, ValueError) as err:
+        where = getattr(err, "filename", None) or raw
+        raise DataPrepError(f"{where}: writing the study's sample archive failed "
+                            f"({getattr(err, 'strerror', None) or err})") from None
     args = ["-r_dlrsd", str(raw / "DLRSD"), "-r_ucm", str(raw / "UCMerced_LandUse"),
             "-o", str(study.data_dir), "--quiet"]
     if levels:
         args += ["--noise-levels", *map(str, levels)]
-    if prep_DLRSD_noisy.main(args) != 0:
-        raise RuntimeError(f"prep_DLRSD_noisy failed for {study.data_dir}")
+    step = f"preparing the study's records from {raw} (prep_DLRSD_noisy.py)"
+    try:
+        rc = prep_DLRSD_noisy.main(args)  # bad input: it prints its own "error: <file>: ..."
+    except (OSError, tf.errors.OpError) as err:
+        where = getattr(err, "filename", None) or study.data_dir / "TFRecord"
+        raise DataPrepError(f"{where}: {step} failed ({getattr(err, 'strerror', None) or err})") \
+            from None
+    if rc != 0:
+        raise DataPrepError(f"{study.data_dir / 'TFRecord'}: {step} failed (exit {rc}; the "
+                            "reason is on the line above); fix that and run again")
 
 
 def training_counts(cfg) -> tuple[int, int]:
@@ -148,15 +168,13 @@ def run_cell(study: Study, index: int, *, show_progress: bool = False, log=_log)
 
 
 def _finished(study: Study, index: int, cell: Cell, log) -> dict:
-    import json
-
     log(f"[{index}] {cell.name}: finished earlier, skipped")
-    return json.loads(study.cell_result_path(cell).read_text())
+    return study.cell_result(cell)
 
 
 def _train_and_evaluate(study: Study, index: int, cell: Cell, show_progress: bool, log) -> dict:
     """The work of a claimed cell: data (if the study makes it), training, retrieval, result."""
-    import json
+    from config import read_dump
 
     result_path = study.cell_result_path(cell)
     prepare_data(study, log)
@@ -178,7 +196,7 @@ def _train_and_evaluate(study: Study, index: int, cell: Cell, show_progress: boo
         raise RuntimeError(f"{cell.name}: training stopped before nb_epoch")
     t_train = time.perf_counter() - start
     _, res = retrieval.run_config(str(cfg.config_dump_path), _retrieval_args(study, cfg.config_dump_path))
-    dump = json.loads(cfg.config_dump_path.read_text())
+    dump = read_dump(cfg.config_dump_path)
     final = dump.get("final_metrics") or {}
     n_records, n_corrupted = training_counts(cfg)
     row = {"model": cell.model, "noise_prcnt": cell.noise_prcnt, "seed": cell.seed,
@@ -208,6 +226,7 @@ def _best_val_metrics(study: Study, cfg, dump: dict) -> dict:
     import json
 
     import retrieval
+    from json_numbers import nan_for_null
     from run_history import BEST_FILE
 
     history = dump.get("history") or []
@@ -219,6 +238,7 @@ def _best_val_metrics(study: Study, cfg, dump: dict) -> dict:
     out = {"best_val_epoch": int(best["epoch"])}
     if int(best["epoch"]) == dump.get("selected_epoch"):  # exported already: same figures
         res = json.loads((cfg.features_dir / "retrieval.json").read_text())
+        res["metrics"] = nan_for_null(res["metrics"])
     else:
         copy = {**dump, "run_name": f"{dump['run_name']}-best_val",
                 "feature_model_path": str(best_path)}

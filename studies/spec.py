@@ -75,6 +75,17 @@ class Study:
     def cell_result_path(self, cell: Cell) -> Path:
         return self.out / "cells" / f"{cell.name}.json"
 
+    def cell_result(self, cell: Cell) -> dict:
+        """A finished cell's result row as written (studies/runner.py), its undefined numbers
+        (null in the file) back as NaN, in the row and in its per-epoch ``history``."""
+        import run_history
+        from json_numbers import nan_for_null
+
+        row = json.loads(self.cell_result_path(cell).read_text(encoding="utf-8"))
+        row = nan_for_null(row, keep=("selected_epoch", "history"))
+        row["history"] = run_history.read_history(row.get("history"))
+        return row
+
     def cell_config(self, cell: Cell) -> Config:
         """The validated train config of one cell (own dumps folders under ``out/runs``)."""
         d, _ = with_overrides(self.base, self.overrides)

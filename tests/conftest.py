@@ -43,7 +43,8 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _copy_records(src: Path, dst: Path, n: int) -> None:
+def copy_records(src: Path, dst: Path, n: int) -> None:
+    """The first ``n`` records of ``src`` written to ``dst``."""
     with tf.io.TFRecordWriter(str(dst)) as writer:
         for raw in tf.data.TFRecordDataset(str(src)).take(n):
             writer.write(raw.numpy())
@@ -79,7 +80,7 @@ def records(dlrsd_prepped, tmp_path_factory) -> Path:
     tiny = tmp_path_factory.mktemp("tiny_records")
     for name, n in (("train", N_TRAIN), ("train_noise_prcnt50", N_TRAIN), ("val", N_EVAL),
                     ("test", N_EVAL)):
-        _copy_records(dlrsd_prepped / f"{name}.tfrecord", tiny / f"{name}.tfrecord", n)
+        copy_records(dlrsd_prepped / f"{name}.tfrecord", tiny / f"{name}.tfrecord", n)
     return tiny
 
 

@@ -7,8 +7,8 @@ import tensorflow as tf
 
 import run_history
 from evaluation import epoch_probe
-from evaluation.memorisation import (FitCounts, batch_counts, multilabel_counts, pixel_counts,
-                                     relation_counts)
+from evaluation.memorisation import (FitCounts, PriorTally, batch_counts, multilabel_counts,
+                                     pixel_counts, relation_counts)
 
 
 # ---------------------------------------------------------------- memorisation
@@ -47,6 +47,33 @@ def test_counts_pool_over_batches_and_nothing_corrupted_is_nan():
     total = FitCounts(2, 1, 4, 3) + FitCounts(2, 2, 0, 0)
     assert total.shares() == {"corrupted_fitted": 0.75, "clean_fitted": 0.75}
     assert math.isnan(FitCounts(0, 0, 4, 4).shares()["corrupted_fitted"])
+
+
+def test_prior_only_reference_multilabel_by_hand():
+    # class 0 is present in 2 of 3 noisy labels (majority present), classes 1, 2 absent
+    label = np.array([[1, 0, 1], [1, 0, 0], [0, 0, 1]])
+    noisy = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 1]])
+    tally = PriorTally("BCE", 3)
+    tally.add({"label": label[:2], "noisy_label": noisy[:2]})  # pooled over two batches
+    tally.add({"label": label[2:], "noisy_label": noisy[2:]})
+    # prior predicts (1, 0, 0). Corrupted: (0,1) noisy 1 -> not fitted; (0,2) noisy 0 -> fitted.
+    # Clean: class 0 values 1, 1, 0 -> 2 fitted; class 1 0, 0 -> 2; class 2 0, 1 -> 1: 5 of 7
+    assert tally.shares() == {"corrupted_fitted_prior": 0.5, "clean_fitted_prior": 5 / 7}
+    # the same as scoring the prior's prediction with multilabel_counts
+    logits = np.tile([[1.0, -1.0, -1.0]], (3, 1))
+    c = multilabel_counts(logits, label, noisy).shares()
+    assert (c["corrupted_fitted"], c["clean_fitted"]) == (0.5, 5 / 7)
+
+
+def test_prior_only_reference_pixels_by_hand():
+    clean = np.array([[[0, 1, -1, 2, 1, 1]]])
+    noisy = np.array([[[0, 2, -1, 1, 1, 1]]])  # noisy classes: 0 once, 1 three times, 2 once
+    tally = PriorTally("PCE", 3)
+    tally.add({"seg_map": clean, "noisy_seg_map": noisy})
+    # prior predicts class 1 everywhere. Corrupted pixels 1 (noisy 2), 3 (noisy 1): 1 of 2.
+    # Clean labelled pixels 0 (class 0), 4, 5 (class 1): 2 of 3
+    assert tally.shares() == {"corrupted_fitted_prior": 0.5, "clean_fitted_prior": 2 / 3}
+    assert math.isnan(PriorTally("RRL", 3).shares()["corrupted_fitted_prior"])
 
 
 def test_batch_counts_for_relation_heads_read_both_maps():
@@ -153,6 +180,10 @@ def test_probe_measures_the_model_on_the_training_and_validation_records(records
     assert counts.corrupted > 0
     assert got["corrupted_fitted"] == pytest.approx(counts.shares()["corrupted_fitted"])
     assert got["clean_fitted"] == pytest.approx(counts.shares()["clean_fitted"])
+    prior = PriorTally(cfg.task, cfg.nb_class)
+    prior.add({k: v.numpy() for k, v in batch.items()})
+    assert got["corrupted_fitted_prior"] == pytest.approx(prior.shares()["corrupted_fitted_prior"])
+    assert 0 <= got["clean_fitted_prior"] <= 1
     feat = model.feature_model(batch["image"]).numpy()
     val = next(iter(make_dataset(list(cfg.val_tfrecord_paths), cfg.archive, training=False,
                                  batch_size=8)))
@@ -226,6 +257,39 @@ def test_training_with_select_last_exports_the_last_epoch_and_logs_the_probe(rec
     assert len(acc.Tensors("val/retrieval_NDCG@8")) == 2
 
 
+def test_a_dump_with_an_undefined_value_is_strict_json_and_round_trips(records, tmp_path):
+    """At noise 0 nothing is corrupted: corrupted_fitted is undefined (NaN). The dumped config
+    holds null there (strict JSON: jq and JavaScript read it), read_dump gives NaN back, and a
+    resumed complete run writes the same history and final metrics again."""
+    import json
+
+    from atomic_files import write_json_atomic
+    from config import read_dump
+    from conftest import run_config
+
+    def strict(text):
+        def refuse(name):
+            raise ValueError(f"not strict JSON: {name}")
+        return json.loads(text, parse_constant=refuse)
+
+    cfg = run_config(records, tmp_path, noise_prcnt=0, nb_epoch=1)
+    _train(cfg)
+    text = cfg.config_dump_path.read_text()
+    raw = strict(text)
+    (entry,) = raw["history"]
+    assert entry["corrupted_fitted"] is None and 0.0 <= entry["clean_fitted"] <= 1.0
+    assert entry["retrieval_metric"] == "NDCG@8"
+    back = read_dump(cfg.config_dump_path)
+    assert math.isnan(back["history"][0]["corrupted_fitted"])
+    assert back["history"][0]["clean_fitted"] == entry["clean_fitted"]
+    again = tmp_path / "again.json"
+    write_json_atomic(again, back)
+    assert again.read_text() == text
+    _train(cfg, resume=True)  # complete: re-saves its outputs from the checkpoint and the dump
+    resaved = strict(cfg.config_dump_path.read_text())
+    assert resaved["history"] == raw["history"] and resaved["final_metrics"] == raw["final_metrics"]
+
+
 def test_grid_pce_kl_reduction_scales_by_rows_over_latent_dims():
     import models
     from models.config import ModelConfig
@@ -248,13 +312,12 @@ def test_grid_pce_kl_reduction_scales_by_rows_over_latent_dims():
 
 
 def test_milan_probe_ranks_hash_codes_and_measures_no_memorisation(records, tmp_path):
-    import json
-
     from conftest import run_config
     cfg = run_config(records, tmp_path, model_name="MiLaN", batch_size=6, nb_epoch=1,
                      hash_bits=16)
     _train(cfg)
-    (entry,) = json.loads(cfg.config_dump_path.read_text())["history"]
+    from config import read_dump
+    (entry,) = read_dump(cfg.config_dump_path)["history"]  # null in the file: read back as NaN
     assert entry["retrieval_metric"] == "NDCG@8" and 0.0 <= entry["val_retrieval"] <= 1.0
     assert math.isnan(entry["corrupted_fitted"]) and math.isnan(entry["clean_fitted"])
     assert epoch_probe.distance_of("MiLaN") == "hamming"

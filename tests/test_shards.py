@@ -110,6 +110,26 @@ def test_overlays_reproduce_the_full_noise_files(sharded, files):
     assert (out / overlay_name(50)).stat().st_size < shard_bytes / 100
 
 
+def test_both_layouts_save_the_same_report_fields(sharded, files):
+    """The noise counts, palette misses and tallies of the report are the same for the two
+    layouts (one helper fills them), and the saved report is the one returned."""
+    out, returned = sharded
+    rep = {k: json.loads((d / "prep_report.json").read_text()) for k, d in
+           (("shards", out), ("files", files))}
+    assert rep["shards"]["noise"] == json.loads(json.dumps(returned.noise))
+    assert set(rep["shards"]["noise"]) == {str(n) for n in LEVELS}
+    for key in ("noise", "palette_misses", "skipped"):
+        assert rep["files"][key] == rep["shards"][key], key
+    for key in ("resized_files", "label_map_disagreements", "multi_label_source"):
+        assert rep["files"]["extra"][key] == rep["shards"]["extra"][key], key
+    assert rep["files"]["noise"]["50"]["images_total"] == 21
+    assert 0 < rep["files"]["noise"]["30"]["images_changed"] <= 21
+    assert rep["shards"]["time_s"] > 0 and rep["files"]["time_s"] > 0
+    assert rep["shards"]["records"] == rep["files"]["records"]
+    for d in (out, files):
+        assert json.loads((d / "records_meta.json").read_text())
+
+
 def test_lut_helpers_and_remap():
     clean = np.array([[-1, 0, 1], [2, 1, 0]], np.int8)
     noisy = np.array([[-1, 3, 1], [2, 1, 3]], np.int8)

@@ -5,19 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import study as study_cli
+from conftest import copy_records
 from studies import report, runner
 from studies.spec import StudyError, load_study
 
 N_TRAIN, N_EVAL = 8, 10
-
-
-def _copy(src: Path, dst: Path, n: int) -> None:
-    with tf.io.TFRecordWriter(str(dst)) as writer:
-        for raw in tf.data.TFRecordDataset(str(src)).take(n):
-            writer.write(raw.numpy())
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def base_config(tmp_path_factory) -> Path:
     tiny.mkdir()
     for name, src, n in (("train", "train", N_TRAIN), ("train_noise_prcnt50", "train_noise_prcnt50",
                           N_TRAIN), ("val", "val", 4), ("test", "train", N_EVAL)):
-        _copy(full / "TFRecord" / f"{src}.tfrecord", tiny / f"{name}.tfrecord", n)
+        copy_records(full / "TFRecord" / f"{src}.tfrecord", tiny / f"{name}.tfrecord", n)
     cfg = dict(model_name="BCE", dataset="DLRSD", backbone="small_cnn", embed_dim=8,
                batch_size=4, nb_epoch=3, noisy_sel_prcnt=25,
                train_tfrecord_paths=str(tiny / "train.tfrecord"),
@@ -336,6 +330,64 @@ def test_claimed_cell_is_skipped_a_stale_claim_is_taken_over_and_both_are_listed
     assert [runner.claim_path(s, c) for c in s.cells] == [live, stale]
     assert study_cli.main([str(path), "--list"]) == 0
     assert capsys.readouterr().out.splitlines()[1].endswith(" finished")
+
+
+def test_cell_results_are_strict_json_and_read_back_as_nan(tmp_path, base_config):
+    import math
+
+    from atomic_files import write_json_atomic
+
+    s = load_study(_study(tmp_path, base_config, models=["BCE"], noise_levels=[0, 50]))
+    row = {"model": "BCE", "noise_prcnt": 0, "seed": 0, "chance_level": 0.0,
+           "sel_precision": math.nan, "sel_recall": math.inf, "mAP@10": 0.5,
+           "selected_epoch": None, "run_name": "r",
+           "history": [{"epoch": 1, "retrieval_metric": "NDCG@8", "val_retrieval": 0.4,
+                        "corrupted_fitted": math.nan}]}
+    path = s.cell_result_path(s.cells[0])
+    path.parent.mkdir(parents=True)
+    write_json_atomic(path, row)
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    raw = json.loads(path.read_text(), parse_constant=refuse)
+    assert raw["sel_precision"] is None and raw["history"][0]["corrupted_fitted"] is None
+    (got,) = report.load_rows(s)
+    assert math.isnan(got["sel_precision"]) and math.isnan(got["sel_recall"])
+    assert got["selected_epoch"] is None and got["mAP@10"] == 0.5 and got["run_name"] == "r"
+    assert math.isnan(got["history"][0]["corrupted_fitted"])
+    assert got["history"][0]["val_retrieval"] == 0.4
+    # a finished cell read by the runner: the same row (NaN compared as the token json writes)
+    assert json.dumps(runner._finished(s, 0, s.cells[0], lambda m: None)) == json.dumps(got)
+    report.collect(s)
+    with open(s.out / "study.csv") as fh:
+        (csv_row,) = list(csv.DictReader(fh))
+    assert csv_row["sel_precision"] == "" and csv_row["mAP@10"] == "0.5"
+
+
+@pytest.mark.parametrize("blocker, named, step", [
+    ("data/TFRecord", "data/TFRecord", "preparing the study's records"),
+    ("data/raw/DLRSD", "data/raw/DLRSD/Images/", "writing the study's sample archive"),
+])
+def test_a_failed_sample_data_step_is_a_named_error(tmp_path, base_config, capsys, blocker,
+                                                      named, step):
+    """A file where the study's data folder should be: ``error: <file>: <step> ...``, exit 2
+    (no traceback), and the finished cell's result and study.json are left as they were."""
+    path = _study(tmp_path, base_config, models=["BCE", "GRID-BCE"],
+                  sample_archive={"variant": "default", "per_class": 5, "seed": 0})
+    s = load_study(path)
+    done = s.cell_result_path(s.cells[0])
+    done.parent.mkdir(parents=True)
+    done.write_text('{"model": "BCE", "noise_prcnt": 50, "seed": 0}')
+    (s.out / blocker).parent.mkdir(parents=True, exist_ok=True)
+    (s.out / blocker).write_text("not a folder")
+    assert study_cli.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if step in x]
+    assert line.startswith(f"error: {s.out / named}") and "failed" in line
+    assert "Traceback" not in err
+    assert done.read_text() == '{"model": "BCE", "noise_prcnt": 50, "seed": 0}'
+    assert (s.out / "study.json").is_file() and (s.out / blocker).read_text() == "not a folder"
+    assert not s.cell_result_path(s.cells[1]).exists()
 
 
 def test_one_seed_spread_is_na_in_every_output(tmp_path, base_config):
