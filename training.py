@@ -680,7 +680,9 @@ def summary_lines(result: RunResult) -> list[str]:
              f"training time {result.training_time_s:.1f} s"]
     unused = set(getattr(result.model, "placeholder_metrics", ()))  # a baseline's GRID terms
     for side, metrics in (("train", result.train_metrics), ("val", result.val_metrics)):
-        shown = {k: v for k, v in metrics.items() if k not in unused}
+        # validation labels are clean: nothing to select, so its selection shares are undefined
+        skip = unused | ({"sel_precision", "sel_recall"} if side == "val" else set())
+        shown = {k: v for k, v in metrics.items() if k not in skip}
         if shown:
             lines.append(f"  last epoch ({side}):".ljust(22) + ", ".join(
                 f"{k} {v:.4f}" for k, v in shown.items()))

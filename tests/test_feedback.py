@@ -142,4 +142,8 @@ def test_epoch_lines_bar_total_and_eta(records, tmp_path, monkeypatch, capsys, m
                             r"hybrid [\d.]+, sel P [\d.na/]+ R [\d.]+, val dis [\d.]+, ", line)
         # the progress bar shows the same terms (running means)
         assert "dis " in bar_output and " KL " in bar_output and " hybrid " in bar_output
-        assert "kl_loss" in "\n".join(training.summary_lines(result))
+        summary = training.summary_lines(result)
+        assert "kl_loss" in "\n".join(summary)
+        val_line = next(m for m in summary if "last epoch (val)" in m)
+        train_line = next(m for m in summary if "last epoch (train)" in m)
+        assert "sel_precision" in train_line and "sel_precision" not in val_line
