@@ -30,13 +30,14 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+import epoch_report
 import run_guard
 import run_history
 import tb_logging
 from atomic_files import atomic_path, remove_stale_temps, write_json_atomic
 from config import Config, ConfigError, read_dump
 from json_numbers import nan_for_null, to_json
-from models.base import mean_metrics
+from models.base import SELECTION_COUNTS, mean_metrics
 from models.precision import float32_output, loss_scaled, with_config_policy
 from run_guard import RunError
 
@@ -318,6 +319,8 @@ class _Run:
         self.unlogged = None  # the output of a step that ran but is not yet in the sums
         self.epoch_start_iter: int | None = None
         self.means: dict[str, float] = {}
+        # the epoch's summed selection counts (None: not known, an epoch reported on resume)
+        self.counts: dict[str, float] | None = None
         self.val: dict[str, float] = {}
         self.reported = False
         self.n_batches: int | None = None
@@ -428,6 +431,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         pending = run.pending.numpy().decode()
         if pending:  # stopped after its checkpoint, before validation/report: finish that epoch
             run.means = {k: float(v) for k, v in nan_for_null(json.loads(pending)).items()}
+            run.counts = None  # not checkpointed: the selection line falls back to noise_prcnt
             log(f"epoch {start} was checkpointed but not yet validated: validating it now")
             _report_epoch(run, writer, start)
         for epoch in range(start, end):
@@ -452,7 +456,10 @@ def _train_epoch(run: _Run, writer, epoch: int, show_progress: bool) -> None:
     cfg, skip = run.cfg, int(run.step_in_epoch)
     partial = json.loads(run.partial.numpy().decode() or "{}") if skip else {}
     run.sums, run.steps = dict(partial.get("sums", {})), int(partial.get("steps", 0))
-    ds = run.model.batches(epoch, drop_remainder=run.strategy.num_replicas_in_sync > 1)
+    drop = run.strategy.num_replicas_in_sync > 1
+    ds = run.model.batches(epoch, drop_remainder=drop)
+    if show_progress and run.n_batches is None:  # the first epoch of this call: the bar's total
+        run.n_batches = _expected_batches(run.model, ds, drop)
     if skip:
         ds = ds.skip(skip)
     if run.distributed:
@@ -479,8 +486,10 @@ def _train_epoch(run: _Run, writer, epoch: int, show_progress: bool) -> None:
                 _write_scalars(writer, "train", values, step)
                 _add(run, values)
                 if show_progress:
+                    bar.set_postfix_str(epoch_report.bar_text(run.sums, run.steps,
+                                                              run.model.epoch_terms),
+                                        refresh=False)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{run.sums.get('loss', 0.0) / run.steps:.4f}")
     except tf.errors.OpError as err:
         named = run_guard.records_error(cfg.noisy_train_paths, cfg.dataset, err,
                                         "training stopped")
@@ -489,6 +498,13 @@ def _train_epoch(run: _Run, writer, epoch: int, show_progress: bool) -> None:
         _save_on_interrupt(run, "stopped by a damaged file")
         raise named from None
     run.n_batches = done
+
+
+def _expected_batches(model, ds: tf.data.Dataset, drop_remainder: bool) -> int | None:
+    """Steps of an epoch before it runs: the dataset's own length when it knows it (in-memory
+    batches), else the model's count from the records (metadata or record headers)."""
+    known = int(ds.cardinality())
+    return known if known >= 0 else model.expected_batches(drop_remainder)
 
 
 def _add(run: _Run, values: Mapping[str, float]) -> None:
@@ -504,6 +520,7 @@ def _end_epoch(run: _Run, writer, epoch: int, last: bool) -> None:
     """Count the epoch done, checkpoint it (before validating: a failing or interrupted
     validation never costs the epoch; a model may space its checkpoints), then report it."""
     run.means = mean_metrics(run.sums, run.steps) if run.steps else {}
+    run.counts = {k: run.sums[k] for k in SELECTION_COUNTS if k in run.sums}
     run.epoch.assign(epoch + 1)
     run.step_in_epoch.assign(0)
     run.partial.assign("")
@@ -544,12 +561,11 @@ def _report_epoch(run: _Run, writer, epoch: int) -> None:
     writer.flush()
     run.pending.assign("")
     run.val, run.reported = val, True
-    msg = f"epoch {epoch}/{cfg.nb_epoch}: loss {run.means.get('loss', math.nan):.4f}"
-    if val:
-        msg += f", val loss {val.get('loss', math.nan):.4f}"
-    if probed:
-        msg += _probe_text(probed)
-    run.log(f"{msg} ({run.elapsed():.1f} s total)")
+    model = run.model
+    run.log(epoch_report.epoch_line(
+        epoch, cfg.nb_epoch, run.means, val, probed, terms=model.epoch_terms,
+        val_terms=model.val_terms, counts=run.counts, noisy=cfg.noise_prcnt > 0,
+        elapsed_s=run.elapsed(), total_epochs=model.epochs))
 
 
 def _probe_epoch(run: _Run, val: Mapping[str, float], epoch: int) -> dict:
@@ -592,15 +608,6 @@ def _write_probe_scalars(writer, probed: Mapping, step: int) -> None:
         for tag, value in values.items():
             if math.isfinite(value):
                 tf.summary.scalar(tag, value)
-
-
-def _probe_text(probed: Mapping) -> str:
-    text = ""
-    if "retrieval_metric" in probed:
-        text += f", val {probed['retrieval_metric']} {probed['val_retrieval']:.4f}"
-    fitted = [f"{k.split('_')[0]} {probed[k]:.3f}" for k in ("corrupted_fitted", "clean_fitted")
-              if math.isfinite(probed.get(k, math.nan))]
-    return text + (", fitted " + " / ".join(fitted) if fitted else "")
 
 
 def _save_on_interrupt(run: _Run, why: str = "interrupted") -> None:
@@ -671,12 +678,14 @@ def summary_lines(result: RunResult) -> list[str]:
     total = cfg.nb_epoch if result.epochs_total is None else result.epochs_total
     lines = [f"run {cfg.run_name}: {result.epochs_done}/{total} epochs, "
              f"training time {result.training_time_s:.1f} s"]
-    if result.train_metrics:
-        lines.append("  last epoch (train): " + ", ".join(
-            f"{k} {v:.4f}" for k, v in result.train_metrics.items()))
-    if result.val_metrics:
-        lines.append("  last epoch (val):   " + ", ".join(
-            f"{k} {v:.4f}" for k, v in result.val_metrics.items()))
+    unused = set(getattr(result.model, "placeholder_metrics", ()))  # a baseline's GRID terms
+    for side, metrics in (("train", result.train_metrics), ("val", result.val_metrics)):
+        # validation labels are clean: nothing to select, so its selection shares are undefined
+        skip = unused | ({"sel_precision", "sel_recall"} if side == "val" else set())
+        shown = {k: v for k, v in metrics.items() if k not in skip}
+        if shown:
+            lines.append(f"  last epoch ({side}):".ljust(22) + ", ".join(
+                f"{k} {v:.4f}" for k, v in shown.items()))
     lines.append(f"  checkpoints: {cfg.checkpoint_dir}")
     lines.append(f"  TensorBoard: tensorboard --logdir {cfg.summaries_dir}")
     if result.completed and not result.chief:

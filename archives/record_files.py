@@ -135,6 +135,69 @@ def total_records(paths) -> int:
     return int(sum(counts_of(resolve(paths))))
 
 
+def expected_records(paths) -> int | None:
+    """Number of records the paths stand for, without parsing any (overlays ignored), or None
+    when it cannot be told: the counts records_meta.json states (a sharded split's shards, or
+    the per-file counts of a one-file-per-split prep), else a walk over each file's record
+    headers (the published single-file layout). For display (a progress bar's total): a stale
+    metadata file gives a wrong number, not an error."""
+    try:
+        res = resolve(paths)
+    except (RecordFilesError, ValueError):
+        return None
+    total = 0
+    for path, count in zip(res.files, res.counts):
+        if count is None:
+            count = _meta_file_count(path)
+        if count is None:
+            count = _walk_count(path)
+        if count is None:
+            return None
+        total += count
+    return total
+
+
+def _meta_file_count(path: str) -> int | None:
+    """The record count a one-file-per-split prep states for ``path`` (keys: the split, or the
+    noise level for ``train_noise_prcnt<N>.tfrecord``), or None."""
+    from archives.records_meta import RecordsMetaError, read_meta
+
+    p = Path(path)
+    try:
+        meta = read_meta(p.parent)
+    except RecordsMetaError:
+        return None
+    if not meta or meta.get("layout", "files") != "files":
+        return None
+    key = p.stem.removeprefix("train_noise_prcnt") if p.suffix == ".tfrecord" else None
+    count = (meta.get("records") or {}).get(key)
+    return count if isinstance(count, int) and count >= 0 else None
+
+
+_HEADER = 8 + 4  # a TFRecord: length (uint64 LE), its CRC, the data, the data's CRC (4 bytes)
+
+
+def _walk_count(path: str) -> int | None:
+    """Records in an uncompressed TFRecord file, from their length headers alone (one small
+    read per record, no data read); None when the headers do not end exactly at the file's end
+    (a compressed, truncated or foreign file) or the file cannot be read."""
+    try:
+        size = os.path.getsize(path)
+        f = open(path, "rb")
+    except OSError:
+        return None
+    count = pos = 0
+    with f:
+        while pos < size:
+            f.seek(pos)
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            pos += _HEADER + int.from_bytes(head, "little") + 4
+            count += 1
+    return count if pos == size else None
+
+
 def all_files(paths) -> list[str]:
     """Every file ``paths`` stands for: the record files, then the overlay if any (the paths
     as given when one matches nothing, so that an existence check names it)."""

@@ -25,6 +25,13 @@ class Model:
 
     adam_betas = (0.9, 0.999)     # Adam's moment decays (the optimizer key picks Adam or SGD)
     checkpoint_every_s = 0.0      # epoch-end checkpoints at most this often (0: every epoch)
+    # what the epoch line and the progress bar show (epoch_report.py): (step output key, label)
+    # of the training losses, and of the validation losses (eval step outputs)
+    epoch_terms: tuple = (("loss", "loss"),)
+    val_terms: tuple = (("loss", "loss"),)
+    # step outputs that mean nothing for this model (kept for a common layout, always 0):
+    # logged to TensorBoard as before, left out of what is printed
+    placeholder_metrics: tuple = ()
 
     def __init__(self, cfg):
         """``cfg``: a :class:`ModelConfig`, or a run Config (its model part is taken)."""
@@ -50,6 +57,19 @@ class Model:
         return make_dataset(list(c.noisy_train_paths), c.archive, training=True,
                             batch_size=c.batch_size, seed=c.seed, epoch=epoch,
                             drop_remainder=drop_remainder, compact=True)
+
+    def expected_batches(self, drop_remainder: bool = False) -> int | None:
+        """Steps of one epoch of ``batches()``, known before it runs (the first epoch's progress
+        bar total), or None when unknown. Default: the records of the training files
+        (archives.record_files.expected_records) in batches of ``batch_size``. A model whose
+        ``batches`` is not the archive pipeline overrides it, unless its dataset knows its own
+        length (``cardinality``, as for in-memory batches)."""
+        from archives.record_files import expected_records
+
+        n = expected_records(list(self.cfg.noisy_train_paths))
+        if n is None:
+            return None
+        return n // self.cfg.batch_size if drop_remainder else -(-n // self.cfg.batch_size)
 
     def batch_transform(self) -> Callable | None:
         """What the training loop applies to each batch of ``batches()`` in the compiled step,

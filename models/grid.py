@@ -17,6 +17,10 @@ from models.base import Model, compile_step
 
 VARIANTS = {"BCE": bce, "PCE": pce, "RRL": rrl}
 LOSS_KEYS = ("dis_loss", "gen_loss", "recon_loss", "kl_loss", "hybrid_loss", "loss")
+GRID_ONLY = ("gen_loss", "recon_loss", "kl_loss", "hybrid_loss")  # 0 in a baseline's outputs
+# printed per epoch (epoch_report.py); the total (KL-dominated) stays in TensorBoard
+GRID_TERMS = (("dis_loss", "dis"), ("gen_loss", "gen"), ("recon_loss", "recon"),
+              ("kl_loss", "KL"), ("hybrid_loss", "hybrid"))
 
 
 def _dense_or_conv(units, pooled, activation, name):
@@ -41,6 +45,10 @@ class GridModel(Model):
         super().__init__(cfg)
         cfg = self.cfg
         self.variant_name, self.is_grid = cfg.task, cfg.is_grid
+        if self.is_grid:  # a baseline keeps the defaults: its loss (the dis term) alone
+            self.epoch_terms, self.val_terms = GRID_TERMS, (("dis_loss", "dis"),)
+        else:
+            self.placeholder_metrics = GRID_ONLY
         if self.variant_name not in VARIANTS:
             raise ValueError(f"model_name {cfg.model_name!r} is not a GRID variant or baseline")
         self.variant = VARIANTS[self.variant_name]

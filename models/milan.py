@@ -62,6 +62,8 @@ class MilanModel(Model):
     """
 
     adam_betas = (0.5, 0.9)  # MiLaN's published Adam moments
+    epoch_terms = (("loss", "loss"), ("triplet_loss", "triplet"), ("push_loss", "push"),
+                   ("balance_loss", "balance"))
     checkpoint_every_s = 60.0  # its epochs are tiny: at most one epoch-end checkpoint a minute
 
     def __init__(self, cfg):

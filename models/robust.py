@@ -40,6 +40,10 @@ class RobustModel(Model):
     """The BCE network and the schedule; a subclass defines the method's ``loss``."""
 
     is_grid = False
+    # the method's objective, and the plain BCE on the noisy labels (the validation loss)
+    epoch_terms = (("loss", "loss"), ("dis_loss", "BCE"))
+    val_terms = (("loss", "BCE"),)
+    placeholder_metrics = grid.GRID_ONLY
 
     def __init__(self, cfg, n_train: int | None = None):
         """``n_train``: training records (default: counted in ``cfg.noisy_train_paths``)."""

@@ -36,6 +36,7 @@ from config import Config
 from studies.spec import Study
 
 MIN_ZOOM_SPAN = 0.05  # a zoomed metric axis spans at least this much
+CURVE_MIN_SPAN = 0.1  # the per-epoch validation axis of the curves plots, likewise
 FIRST = ("model", "noise_prcnt", "seed", "chance_level", "selection_share", "sel_precision",
          "sel_recall", "train_time_s", "retrieval_time_s", "cell_time_s", "run_name")
 
@@ -79,7 +80,8 @@ def mean_curves(curves: list[dict], key: str) -> dict[tuple[str, int], tuple[lis
 
 
 def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:
-    """``curves_noise<N>.png`` per noise level: validation retrieval (left) and memorisation
+    """``curves_noise<N>.png`` per noise level: validation retrieval (left; dotted: the same
+    model at noise 0, where the study has it) and memorisation
     (right: corrupted pairs fitted, solid; clean pairs fitted, dashed; dotted: the corrupted
     pairs a prior-only predictor fits, the level of no memorisation) against the epoch."""
     import matplotlib
@@ -96,10 +98,15 @@ def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:
         if not any(k[1] == noise for k in (*val, *corrupted, *clean)):
             continue
         fig, (ax_v, ax_m) = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
+        shown = []  # validation values drawn, for the axis range
         for i, model in enumerate(study.models):
             color = f"C{i % 10}"
             if (model, noise) in val:
                 ax_v.plot(*val[(model, noise)], color=color, label=model)
+                shown += val[(model, noise)][1]
+            if noise and (model, 0) in val:  # what the same model reaches without noise
+                ax_v.plot(*val[(model, 0)], color=color, ls=":", label=f"{model} at 0 %")
+                shown += val[(model, 0)][1]
             if (model, noise) in corrupted:
                 ax_m.plot(*corrupted[(model, noise)], color=color, label=f"{model} corrupted")
             if (model, noise) in clean:
@@ -109,11 +116,14 @@ def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:
         if levels:  # the same data in every cell: one line
             ax_m.axhline(float(np.mean(levels)), color="0.4", ls=":", lw=1.2,
                          label="corrupted, prior-only predictor")
+        if shown:  # at least CURVE_MIN_SPAN high: epoch-to-epoch wobble must not fill it
+            ax_v.set_ylim(*zoomed_ylim(shown, shown, CURVE_MIN_SPAN))
         ax_v.set_ylabel(f"validation {metric} (mean over seeds)")
         ax_m.set_ylabel("share of training pairs fitted")
         ax_m.set_ylim(-0.02, 1.02)
         caption_figure(fig, f"Per epoch at {noise} % noise (lines: mean over seeds)", study)
-        for ax, title in ((ax_v, "validation queries against the training archive"),
+        for ax, title in ((ax_v, "validation queries against the training archive "
+                                 f"(axis spans >= {CURVE_MIN_SPAN:.2f})"),
                           (ax_m, "training pairs fitted: corrupted (solid), clean (dashed)")):
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("epoch")

@@ -105,7 +105,15 @@ def _weights(tmp_path, tag, index):
 
 
 def _epoch_lines(out):
-    return re.findall(r"^epoch \d+/\d+: loss [\d.]+, val loss [\d.]+", out, re.M)
+    """Each epoch line's figures (GRID: its loss terms, selection, validation), without the
+    times; the lines must have training and validation losses."""
+    lines = re.findall(r"^epoch \d+/\d+: [^(]*", out, re.M)
+    return [m for m in lines if re.search(r"^epoch \d+/\d+: dis [\d.]+ .*, val dis [\d.]+", m)]
+
+
+def _last_epoch_figures(out):
+    """The end-of-run summary's last-epoch losses (four decimals)."""
+    return re.findall(r"^  last epoch \((?:train|val)\):.*$", out, re.M)
 
 
 def _checkpoint_values(folder):
@@ -135,6 +143,8 @@ def test_two_local_workers_train_to_equal_weights_and_only_the_chief_writes(reco
     # on every worker with the same weights
     lines = _epoch_lines(chief_out)
     assert len(lines) == 2 and lines == _epoch_lines(worker_out), (chief_out, worker_out)
+    figures = _last_epoch_figures(chief_out)
+    assert len(figures) == 2 and figures == _last_epoch_figures(worker_out)
 
     # only the chief wrote: its outputs exist, the other worker's folders were never created
     assert cfg.feature_model_path.is_file() and cfg.config_dump_path.is_file()
