@@ -451,9 +451,9 @@ def _train_epoch(run: _Run, writer, epoch: int, show_progress: bool) -> None:
     cfg, skip = run.cfg, int(run.step_in_epoch)
     partial = json.loads(run.partial.numpy().decode() or "{}") if skip else {}
     run.sums, run.steps = dict(partial.get("sums", {})), int(partial.get("steps", 0))
-    ds = run.model.batches(epoch, drop_remainder=run.strategy.num_replicas_in_sync > 1)
-    if skip:
-        ds = ds.skip(skip)
+    # the steps done before the restore are skipped as serialized records, not parsed
+    ds = run.model.batches(epoch, drop_remainder=run.strategy.num_replicas_in_sync > 1,
+                           skip_batches=skip)
     if run.distributed:
         ds = run.strategy.experimental_distribute_dataset(shard_by_data(ds))
     run.epoch_start_iter = _iterations(run.optimizer) - skip
