@@ -457,11 +457,10 @@ def _train_epoch(run: _Run, writer, epoch: int, show_progress: bool) -> None:
     partial = json.loads(run.partial.numpy().decode() or "{}") if skip else {}
     run.sums, run.steps = dict(partial.get("sums", {})), int(partial.get("steps", 0))
     drop = run.strategy.num_replicas_in_sync > 1
-    ds = run.model.batches(epoch, drop_remainder=drop)
+    # the steps done before the restore are skipped as serialized records, not parsed
+    ds = run.model.batches(epoch, drop_remainder=drop, skip_batches=skip)
     if show_progress and run.n_batches is None:  # the first epoch of this call: the bar's total
-        run.n_batches = _expected_batches(run.model, ds, drop)
-    if skip:
-        ds = ds.skip(skip)
+        run.n_batches = _expected_batches(run.model, ds, drop, skip)
     if run.distributed:
         ds = run.strategy.experimental_distribute_dataset(shard_by_data(ds))
     run.epoch_start_iter = _iterations(run.optimizer) - skip
@@ -500,11 +499,13 @@ def _train_epoch(run: _Run, writer, epoch: int, show_progress: bool) -> None:
     run.n_batches = done
 
 
-def _expected_batches(model, ds: tf.data.Dataset, drop_remainder: bool) -> int | None:
-    """Steps of an epoch before it runs: the dataset's own length when it knows it (in-memory
-    batches), else the model's count from the records (metadata or record headers)."""
+def _expected_batches(model, ds: tf.data.Dataset, drop_remainder: bool,
+                      skipped: int = 0) -> int | None:
+    """Steps of a whole epoch before it runs: the dataset's own length when it knows it
+    (in-memory batches; ``skipped`` batches already left out on resume), else the model's count
+    from the records (metadata or record headers)."""
     known = int(ds.cardinality())
-    return known if known >= 0 else model.expected_batches(drop_remainder)
+    return known + skipped if known >= 0 else model.expected_batches(drop_remainder)
 
 
 def _add(run: _Run, values: Mapping[str, float]) -> None:

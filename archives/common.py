@@ -132,9 +132,11 @@ def indexed_records(files: Sequence[str], offsets: Sequence[int], form_ids: Sequ
                     cycle: int = 1) -> tf.data.Dataset:
     """(global index, form id, serialized record) of the files in the given order; ``cycle`` > 1
     reads that many files at once, in parallel, taking one record from each in turn."""
+    # plain TensorFlow functions: autograph's conversion would only add set-up time
+    @tf.autograph.experimental.do_not_convert
     def one(path, offset, form_id):
         return tf.data.TFRecordDataset(path, buffer_size=1 << 22).enumerate().map(
-            lambda i, raw: (offset + i, form_id, raw))
+            tf.autograph.experimental.do_not_convert(lambda i, raw: (offset + i, form_id, raw)))
 
     files_ds = tf.data.Dataset.from_tensor_slices(
         (tf.constant(list(files), tf.string), tf.constant(list(offsets), tf.int64),
@@ -180,6 +182,7 @@ def records_dataset(paths, reader: RecordParser | Callable[[str], Callable]) -> 
     else:
         offsets = [0] * len(res.files)  # the index is not needed without an overlay
 
+    @tf.autograph.experimental.do_not_convert
     def one(index, form_id, raw):
         ex = parse(form_id, raw)
         return ov.apply(ex, index, table) if table is not None else ex

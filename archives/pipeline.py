@@ -1,15 +1,17 @@
-"""tf.data input pipeline: read, (shuffle the serialized records), parse + augment + normalise
-in parallel, batch, prefetch (docs/full-scale.md, "The input pipeline").
+"""tf.data input pipeline: read, shuffle the serialized records, parse in parallel, batch; per
+batch, vectorised: overlay join, augmentation draws (and, unless ``compact``, crop, flips,
+normalisation) (docs/full-scale.md, "The input pipeline").
 
-Training order, a stateless function of (seed, epoch): the files of a sharded split are taken
-in an order permuted every epoch and read ``cycle`` at a time in parallel, one record from each
-in turn (files listed one by one keep their order and are read one after another); consecutive
-windows of ``shuffle_buffer`` serialized records are each put in a random order (a full
-permutation when the window holds every record, as for DLRSD's 1680). Only then are records
-parsed, joined with the noise overlay and augmented, in parallel. Every random draw is a
-stateless function of (seed, epoch, the record's global index: its position in the split's
-file order), so the same (seed, epoch) gives the same batches in any process, whatever its
-global TF seed, and ``skip`` after a restore yields the uninterrupted batches.
+Training order, a function of (seed, epoch) alone: the files of a sharded split are taken in an
+order permuted every epoch and read ``cycle`` at a time in parallel, one record from each in
+turn, then pass a shuffle buffer of serialized records (TensorFlow's shuffle op, which moves
+records without copying them, seeded from (seed, epoch) explicitly so that TensorFlow's global
+seed plays no part). Files listed one by one keep their order and are read one after another;
+consecutive windows of ``shuffle_buffer`` records are then each put in a random order (a full
+permutation when the window holds every record). Every augmentation draw is a stateless function
+of (seed, epoch, the record's global index: its position in the split's file order), so the same
+(seed, epoch) gives the same batches in any process, and ``skip`` after a restore yields the
+uninterrupted batches.
 """
 from __future__ import annotations
 
@@ -22,33 +24,51 @@ from archives import registry
 from archives.common import file_forms, file_offsets, indexed_records, overlay_table, parse_by_form
 
 BRIGHTNESS_DELTA = 0.2
-SHUFFLE_BYTES = 256 << 20  # serialized bytes a shuffle window holds when reading shards
+SHUFFLE_BYTES = 256 << 20  # serialized bytes the shuffle buffer holds when reading shards
 MIN_WINDOW = 256
 CYCLE = 8  # shards read at once
+DRAWS = 5  # per record: crop row, crop column, left-right flip, up-down flip, brightness
+_GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's state increment
 _LABEL_KEYS = ("label", "noisy_label", "patch_name")
 _MAP_KEYS = ("seg_map", "noisy_seg_map")
 
 
-def element_seeds(seed: int, epoch: int, index, count: int) -> tf.Tensor:
-    """(count, 2) int64 stateless seeds for element ``index`` of epoch ``epoch``."""
-    base = tf.constant([int(seed), int(epoch)], tf.int64)
-    folded = tf.random.experimental.stateless_fold_in(base, tf.cast(index, tf.int64))
-    return tf.random.experimental.stateless_split(folded, num=count)
+def epoch_seeds(seed: int, epoch: int, stream: int = 0) -> tuple[int, int]:
+    """Two nonzero 63-bit seeds for (seed, epoch, stream), the same in every process."""
+    a, b = np.random.default_rng([int(seed), int(epoch), int(stream), 0x5F5F]).integers(
+        1, 2**63 - 1, size=2)
+    return int(a), int(b)
 
 
-def stateless_shuffle(ds: tf.data.Dataset, buffer: int, seed: int, epoch: int) -> tf.data.Dataset:
-    """Permute each window of ``buffer`` elements of a dataset of tuples whose first item is
-    the element's global index, statelessly (the window's key: its first element's index)."""
-    base = tf.random.experimental.stateless_fold_in(
-        tf.constant([int(seed), int(epoch)], tf.int64), tf.constant(-1, tf.int64))
+def seeded_shuffle(ds: tf.data.Dataset, buffer: int, seeds) -> tf.data.Dataset:
+    """``ds`` through TensorFlow's shuffle buffer of ``buffer`` elements with the seed pair
+    ``seeds`` (ints or an int64 tensor of two, not both zero) as given: ``Dataset.shuffle``
+    would mix in the global seed. For a fixed input order the output order is fixed; elements
+    are moved, not copied."""
+    spec = ds.element_spec
+    flat = tf.nest.flatten(spec)
+    variant = tf.raw_ops.ShuffleDatasetV3(
+        input_dataset=tf.data.experimental.to_variant(ds),
+        buffer_size=tf.constant(int(buffer), tf.int64),
+        seed=tf.cast(seeds[0], tf.int64), seed2=tf.cast(seeds[1], tf.int64),
+        seed_generator=tf.raw_ops.DummySeedGenerator(), reshuffle_each_iteration=False,
+        output_types=[s.dtype for s in flat], output_shapes=[s.shape for s in flat])
+    return tf.data.experimental.from_variant(variant, spec)
 
-    def permute(*window):
-        key_seed = tf.random.experimental.stateless_fold_in(base, window[0][0])
-        perm = tf.argsort(tf.random.stateless_uniform(tf.shape(window[0]), key_seed))
-        return tf.nest.map_structure(lambda t: tf.gather(t, perm), window)
 
-    # the permuted copy of a window is made while the previous one is handed on
-    return ds.batch(buffer).map(permute, num_parallel_calls=2, deterministic=True).unbatch()
+def window_shuffle(ds: tf.data.Dataset, buffer: int, seed: int, epoch: int) -> tf.data.Dataset:
+    """Each window of ``buffer`` consecutive elements in a random order (a full permutation of
+    the window), keyed by (seed, epoch, the window's number)."""
+    base = tf.constant(epoch_seeds(seed, epoch, 1), tf.int64)
+
+    @tf.autograph.experimental.do_not_convert
+    def permuted(k, window):
+        key = tf.random.experimental.stateless_fold_in(base, k)
+        pair = tf.random.stateless_uniform([2], key, minval=None, maxval=None, dtype=tf.int64)
+        return seeded_shuffle(tf.data.Dataset.zip(window), buffer,
+                              (pair[0], tf.bitwise.bitwise_or(pair[1], 1)))
+
+    return ds.window(int(buffer)).enumerate().flat_map(permuted)
 
 
 def epoch_file_order(n_files: int, shards: bool, seed: int, epoch: int) -> np.ndarray:
@@ -60,8 +80,9 @@ def epoch_file_order(n_files: int, shards: bool, seed: int, epoch: int) -> np.nd
 
 
 def default_window(info, res, counts) -> int:
-    """The shuffle window: the archive's buffer, held to SHUFFLE_BYTES of serialized records
-    when reading a sharded split (prep already put its records in a random order)."""
+    """The shuffle buffer (or window): the archive's buffer, held to SHUFFLE_BYTES of
+    serialized records when reading a sharded split (prep already put its records in a random
+    order)."""
     buffer = int(info.shuffle_buffer)
     if not res.shards:
         return buffer
@@ -69,20 +90,40 @@ def default_window(info, res, counts) -> int:
     return max(MIN_WINDOW, min(buffer, int(SHUFFLE_BYTES // max(size, 1))))
 
 
-def _draws(seed: int, epoch: int, index, h: int, w: int, crop: int | None) -> dict:
-    """The record's augmentation draws, stateless in (seed, epoch, index): crop offsets,
-    left-right and up-down flips, brightness delta."""
-    s = element_seeds(seed, epoch, index, 5)
-    if crop:
-        oy = tf.random.stateless_uniform([], s[0], minval=0, maxval=h - crop + 1, dtype=tf.int32)
-        ox = tf.random.stateless_uniform([], s[1], minval=0, maxval=w - crop + 1, dtype=tf.int32)
-    else:
-        oy = ox = tf.constant(0, tf.int32)
-    # the draw tf.image.stateless_random_brightness makes
-    delta = tf.random.stateless_uniform([], s[4], minval=-BRIGHTNESS_DELTA,
-                                        maxval=BRIGHTNESS_DELTA)
-    return {"_oy": oy, "_ox": ox, "_flip_lr": tf.random.stateless_uniform([], s[2]) < 0.5,
-            "_flip_ud": tf.random.stateless_uniform([], s[3]) < 0.5, "_delta": delta}
+def splitmix64(z: tf.Tensor) -> tf.Tensor:
+    """SplitMix64's output function of uint64 states ``z``, elementwise (wrapping products)."""
+    def mix(z, shift, mult):
+        z = tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(shift, tf.uint64)))
+        return z * tf.constant(mult, tf.uint64) if mult else z
+
+    return mix(mix(mix(z, 30, 0xBF58476D1CE4E5B9), 27, 0x94D049BB133111EB), 31, 0)
+
+
+def uniform_draws(seed: int, epoch: int, index, count: int) -> tf.Tensor:
+    """(len(index), count) float64 uniforms in [0, 1): draw d of the record with global index
+    i is output number i * count + d of a SplitMix64 generator keyed by (seed, epoch), so it
+    depends on nothing else (not on the batch or the order), vectorised over ``index``."""
+    key = int(np.random.default_rng([int(seed), int(epoch), 0xD7A5]).integers(
+        0, 2**63, dtype=np.int64))
+    draw = tf.cast(tf.range(count, dtype=tf.int64), tf.uint64)
+    slot = tf.cast(index, tf.uint64)[:, None] * count + draw + 1
+    z = splitmix64(tf.constant(key, tf.uint64) + slot * tf.constant(_GOLDEN, tf.uint64))
+    return tf.cast(tf.bitwise.right_shift(z, tf.constant(11, tf.uint64)), tf.float64) * 2.0**-53
+
+
+def batch_draws(seed: int, epoch: int, index, h: int, w: int, crop: int | None) -> dict:
+    """The augmentation draws of the records with global indices ``index`` (a vector): crop
+    offsets, left-right and up-down flips, brightness delta (uniform_draws)."""
+    u = uniform_draws(seed, epoch, index, DRAWS)
+
+    def offset(x, size):
+        if not crop:
+            return tf.zeros_like(x, tf.int32)
+        return tf.cast(tf.floor(x * (size - crop + 1)), tf.int32)
+
+    return {"_oy": offset(u[:, 0], h), "_ox": offset(u[:, 1], w), "_flip_lr": u[:, 2] < 0.5,
+            "_flip_ud": u[:, 3] < 0.5,
+            "_delta": tf.cast((2.0 * u[:, 4] - 1.0) * BRIGHTNESS_DELTA, tf.float32)}
 
 
 def _window(t, oy, ox, flip_ud, flip_lr, size_h: int, size_w: int):
@@ -172,28 +213,33 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
     if table is not None and "map_lut" in table:  # -1 (unlabelled) first: index = class + 1
         lut = tf.concat([tf.fill([tf.shape(table["map_lut"])[0], 1], -1), table["map_lut"]], 1)
 
+    @tf.autograph.experimental.do_not_convert
     def element(index, form_id, raw):
-        """Parse one record; overlay rows and augmentation draws ride along to the batch."""
+        """Parse one record (the overlay rows and the draws are added per batch)."""
         ex = parse(form_id, raw)
-        out = {k: ex[k] for k in _LABEL_KEYS + ("image",)}
+        out = {k: ex[k] for k in _LABEL_KEYS + ("image",) + map_keys
+               if not (k == "noisy_seg_map" and lut is not None)}
         out["sample_index"] = index
-        if map_keys:
-            out["seg_map"] = ex["seg_map"]
-            if lut is None:
-                out["noisy_seg_map"] = ex["noisy_seg_map"]
-            else:
-                out["_lut"] = tf.gather(lut, index)
-        if table is not None:
-            out["noisy_label"] = tf.gather(table["noisy_label"], index)
-        if training:
-            out.update(_draws(seed, epoch, index, h, w, crop))
         return out
+
+    @tf.autograph.experimental.do_not_convert
+    def per_batch(b):
+        """Overlay join and augmentation draws by the batch's global indices, vectorised; then
+        ``finish_batch`` unless compact."""
+        b = dict(b)
+        if table is not None:
+            b["noisy_label"] = tf.gather(table["noisy_label"], b["sample_index"])
+        if lut is not None:
+            b["_lut"] = tf.gather(lut, b["sample_index"])
+        if training:
+            b.update(batch_draws(seed, epoch, b["sample_index"], h, w, crop))
+        return b if compact else finish_batch(b, info, training)
 
     if res is None:
         ds = module.parse_records(paths, **kwargs).enumerate().map(
             lambda i, ex: (i, tf.constant(0, tf.int64), ex))
         if training:
-            ds = stateless_shuffle(ds, int(shuffle_buffer or info.shuffle_buffer), seed, epoch)
+            ds = window_shuffle(ds, int(shuffle_buffer or info.shuffle_buffer), seed, epoch)
     elif training:
         offsets = file_offsets(counts) if not single else [0]
         order = epoch_file_order(len(res.files), res.shards, seed, epoch)
@@ -201,7 +247,10 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
         ds = indexed_records([res.files[i] for i in order], [offsets[i] for i in order],
                              [form_ids[i] for i in order], cycle=n_read)
         buffer = int(shuffle_buffer or default_window(info, res, counts))
-        ds = stateless_shuffle(ds, buffer, seed, epoch)
+        if res.shards:  # records already in prep's random order: one running buffer
+            ds = seeded_shuffle(ds, buffer, epoch_seeds(seed, epoch))
+        else:  # e.g. a published file in name order: windows, each a full permutation
+            ds = window_shuffle(ds, buffer, seed, epoch)
     else:
         ds = indexed_records(res.files, file_offsets(counts) if not single else [0], form_ids)
     if indices is not None:
@@ -212,9 +261,7 @@ def make_dataset(paths, dataset: str, *, training: bool, batch_size: int, seed: 
         ds = ds.skip(int(skip_batches) * int(batch_size))
     ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if not compact:
-        ds = ds.map(lambda b: finish_batch(b, info, training),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(per_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -47,16 +47,19 @@ class Model:
     def prepare(self, log: Callable[[str], None], progress: bool = False) -> None:
         """Work before the first step and before a checkpoint is restored (e.g. a cache)."""
 
-    def batches(self, epoch: int, drop_remainder: bool = False) -> tf.data.Dataset:
-        """The training batches of ``epoch``: the same for the same epoch in every process (a
-        resumed epoch skips those already done). Default: the archive pipeline's compact
-        batches, finished by ``batch_transform()`` in the compiled step."""
+    def batches(self, epoch: int, drop_remainder: bool = False,
+                skip_batches: int = 0) -> tf.data.Dataset:
+        """The training batches of ``epoch`` after its first ``skip_batches`` (those a resumed
+        epoch already did): the same for the same epoch in every process. Default: the archive
+        pipeline's compact batches (skipped as serialized records, before parsing), finished
+        by ``batch_transform()`` in the compiled step."""
         from archives.pipeline import make_dataset
 
         c = self.cfg
         return make_dataset(list(c.noisy_train_paths), c.archive, training=True,
                             batch_size=c.batch_size, seed=c.seed, epoch=epoch,
-                            drop_remainder=drop_remainder, compact=True)
+                            drop_remainder=drop_remainder, skip_batches=skip_batches,
+                            compact=True)
 
     def expected_batches(self, drop_remainder: bool = False) -> int | None:
         """Steps of one epoch of ``batches()``, known before it runs (the first epoch's progress

@@ -95,15 +95,15 @@ class MilanModel(Model):
         self.labels = milan_cache.relevance_labels(self.cfg, noisy, names)
         self.hash_net.get_layer("hash_norm").adapt(feat)  # standardise the hash net's input
 
-    def batches(self, epoch, drop_remainder=False):
+    def batches(self, epoch, drop_remainder=False, skip_batches=0):
         if self.cfg.train_backbone:
-            return super().batches(epoch, drop_remainder)
+            return super().batches(epoch, drop_remainder, skip_batches)
         rng = np.random.default_rng([self.cfg.seed, epoch])
         n_steps = math.ceil(len(self.labels) / self.cfg.batch_size)
         n_triplets = self.cfg.batch_size // 3
         steps = [np.stack(sample_triplets(self.labels, n_triplets, rng), axis=1)
                  for _ in range(n_steps)]  # (T, 3): anchor, positive, negative rows
-        return tf.data.Dataset.from_tensor_slices({"triplet": np.stack(steps)})
+        return tf.data.Dataset.from_tensor_slices({"triplet": np.stack(steps)}).skip(skip_batches)
 
     def batch_transform(self):
         return super().batch_transform() if self.cfg.train_backbone else None

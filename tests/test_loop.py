@@ -124,3 +124,45 @@ def test_resume_message_only_when_the_user_asked(records, tmp_path, capsys):
     assert train_cli.main([str(path), "--no-progress", "--resume-if-any", "--max-epochs",
                            "1"]) == 0
     assert "no checkpoint" not in capsys.readouterr().out
+
+
+def test_resume_skips_done_batches_as_records_and_reads_the_rest(records, tmp_path,
+                                                                   monkeypatch):
+    """A resumed epoch asks the pipeline for the batches after the done steps (skip_batches:
+    skipped as serialized records, never parsed) and trains on exactly the uninterrupted
+    epoch's remaining batches."""
+    from archives import pipeline
+
+    cfg = make_cfg(records, tmp_path, model_name="BCE", batch_size=3)  # batches of 3, 3, 2
+    real, calls, seen = pipeline.make_dataset, [], []
+
+    def note(names):
+        seen.append([n.decode() for n in names.numpy()])
+        return np.int64(0)
+
+    def recording(*args, **kw):
+        ds = real(*args, **kw)
+        if not kw.get("training"):
+            return ds
+        calls.append(kw.get("skip_batches", 0))
+
+        def tap(b):
+            done = tf.py_function(note, [b["patch_name"]], tf.int64)
+            with tf.control_dependencies([done]):
+                return {**b, "sample_index": tf.identity(b["sample_index"])}
+        return ds.map(tap)
+
+    monkeypatch.setattr(pipeline, "make_dataset", recording)
+    restore = interrupt_after_steps(monkeypatch, 0)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg, **QUIET)
+    restore()
+    assert checkpoint_counters(cfg) == (0, 1)
+    calls.clear()
+    seen.clear()
+    assert training.train(cfg, resume=True, **QUIET).completed
+    full = [[n.decode() for n in b["patch_name"].numpy()] for b in real(
+        list(cfg.noisy_train_paths), cfg.archive, training=True, batch_size=3, seed=cfg.seed,
+        epoch=0, compact=True)]
+    assert len(full) == 3 and calls == [1]
+    assert seen == full[1:]
