@@ -1,6 +1,6 @@
 """Input pipeline at BigEarthNet scale: can it feed a GPU? (docs/full-scale.md)
 
-python benchmarks/bench_pipeline.py [--records 12000] [--batch 128] [--repeats 2]
+python benchmarks/bench_pipeline.py [--records 12000] [--batch 128] [--repeats 3]
                                     [--archives BEN BENv2-s2 BENv2-s1s2 DLRSD] [--keep DIR]
 
 For each archive, a sample archive goes through prep (shards layout); its records are
@@ -189,8 +189,20 @@ def run_stage(stage: str, folder: Path, dataset: str, bands: str | None, batch: 
     return {"stage": stage, "records": n, "wall_s": wall, "cpu_s": cpu, "per_cpu_s": n / cpu,
             "per_wall_s": n / wall, "first_batch_s": first, "longest_gap_s": gap,
             "first_batch_cpu_s": first_cpu, "longest_gap_cpu_s": gap_cpu,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_rss_gb": peak_rss_gb(),
             "batches": names}
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory since its exec: VmHWM (getrusage's ru_maxrss keeps
+    the high-water mark of the parent process across fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def shuffle_stage_rate(folder: Path, n: int = 20000) -> tuple[float, float]:
@@ -259,7 +271,7 @@ def main(argv=None) -> int:
     p.add_argument("--records", type=int, default=12000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--archives", nargs="+", default=list(ARCHIVES), choices=list(ARCHIVES))
-    p.add_argument("--repeats", type=int, default=2,
+    p.add_argument("--repeats", type=int, default=3,
                    help="runs of each stage (in turn); rates of the least disturbed run")
     p.add_argument("--keep", default=None, help="build the records here and keep them")
     p.add_argument("--stage", help=argparse.SUPPRESS)
