@@ -398,13 +398,17 @@ def parse_records(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
 def record_parser(*, compact_dtypes: bool = False):
     """How ``parse_records`` parses a file (common.RecordParser; the input pipeline uses it to
     parse after shuffling the serialized records)."""
-    from archives.common import RecordParser, example_keys
+    from archives.common import RecordParser
 
-    def form_of(path):
-        keys = example_keys(path)  # one read of the first record per file
-        return schema_of(path, keys), NOISY_LABEL_KEY in keys
+    return RecordParser(form_of=record_form, parser=lambda form: _parser(*form, compact_dtypes))
 
-    return RecordParser(form_of=form_of, parser=lambda form: _parser(*form, compact_dtypes))
+
+def record_form(path) -> tuple:
+    """(schema, whether the records carry noisy labels) of a file, from its first record."""
+    from archives.common import example_keys
+
+    keys = example_keys(path)
+    return schema_of(path, keys), NOISY_LABEL_KEY in keys
 
 
 # ---------------------------------------------------------------- raw archive -> TFRecords

@@ -263,16 +263,23 @@ def parse_records(paths, *, bands: str = "s2", noise_rule: str = "pairs",
                                                 compact_dtypes=compact_dtypes))
 
 
+def record_form(path) -> str:
+    """A file's S1 storage, from its first record's keys."""
+    from archives.common import example_keys
+
+    return s1_storage_of(path, example_keys(path))
+
+
 def record_parser(*, bands: str = "s2", noise_rule: str = "pairs", compact_dtypes: bool = False):
     """How ``parse_records`` parses a file (common.RecordParser): the S1 storage per file, and
     the noise rule's overlay labels (``noisy_label`` or ``map_noisy_label``)."""
-    from archives.common import RecordParser, example_keys
+    from archives.common import RecordParser
 
     band_names(bands)
     if noise_rule not in NOISE_RULES:
         raise ValueError(f"noise rule must be one of {NOISE_RULES}, not {noise_rule!r}")
     return RecordParser(
-        form_of=lambda path: s1_storage_of(path, example_keys(path)),
+        form_of=record_form,
         parser=lambda storage: _parser(storage, bands, noise_rule, compact_dtypes),
         overlay_label=NOISY_LABEL_KEY if noise_rule == "pairs" else MAP_NOISY_LABEL_KEY)
 

@@ -52,9 +52,33 @@ def example_keys(path: str | os.PathLike) -> set[str]:
     """
     if not Path(path).is_file():
         raise ValueError(f"{path}: TFRecord file does not exist")
-    for raw in tf.data.TFRecordDataset(str(path)).take(1):
+    raw = _first_record(path)
+    if raw is not None:
+        try:
+            return set(tf.train.Example.FromString(raw).features.feature.keys())
+        except Exception:  # not an Example (a damaged or foreign file): TensorFlow's reader
+            pass           # below checks the CRCs and names the fault
+    for raw in tf.data.TFRecordDataset(str(path)).take(1):  # TensorFlow's reader names the fault
         return set(tf.train.Example.FromString(raw.numpy()).features.feature.keys())
     raise ValueError(f"{path}: TFRecord file holds no record")
+
+
+def _first_record(path) -> bytes | None:
+    """The first record of an uncompressed TFRecord file read directly (a tf.data reader costs
+    about 0.1 CPU-s to set up, per file and epoch), or None when the file holds no whole first
+    record (empty, compressed, truncated: left to TensorFlow's reader)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)  # length (uint64 LE) and its CRC
+            if len(head) < 12:
+                return None
+            n = int.from_bytes(head[:8], "little")
+            if n > os.path.getsize(path) - 16:
+                return None
+            data = f.read(n)
+    except OSError:
+        return None
+    return data if len(data) == n else None
 
 
 class _NamedWriter:
@@ -108,11 +132,34 @@ class RecordParser:
     overlay_label: str = "noisy_label"
 
 
+def file_key(path) -> tuple:
+    """What identifies a file's contents for the per-process caches below: its resolved path,
+    inode, modification time and size (a rewritten or replaced file gets a new key)."""
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size
+
+
+_FORM_CACHE: dict = {}  # (form_of, file_key) -> form
+_OVERLAY_CACHE: dict = {}  # (label key, overlay file_key, records' file_keys, counts, digest)
+_CACHE_LIMIT = 4096
+
+
 def file_forms(files: Sequence[str], reader: RecordParser) -> tuple[list, list[int]]:
-    """(the distinct forms, each file's form id); reads the first record of every file."""
+    """(the distinct forms, each file's form id); reads the first record of every file it has
+    not seen unchanged in this process (make_dataset runs once per epoch)."""
     forms, ids = [], []
     for f in files:
-        form = reader.form_of(f)
+        try:
+            key = (reader.form_of, file_key(f))
+        except OSError:  # missing: form_of names the file
+            key = None
+        form = _FORM_CACHE.get(key) if key else None
+        if form is None:
+            form = reader.form_of(f)
+            if key:
+                if len(_FORM_CACHE) >= _CACHE_LIMIT:
+                    _FORM_CACHE.clear()
+                _FORM_CACHE[key] = form
         if form not in forms:
             forms.append(form)
         ids.append(forms.index(form))
@@ -192,13 +239,27 @@ def records_dataset(paths, reader: RecordParser | Callable[[str], Callable]) -> 
 
 
 def overlay_table(res, reader: RecordParser) -> dict:
-    """The overlay of ``res`` (record_files.Resolved) checked against its records, as tensors."""
+    """The overlay of ``res`` (record_files.Resolved) checked against its records, as tensors.
+    The last one is kept for the next call with the same unchanged files (make_dataset runs once
+    per epoch; a full v2 overlay is about 50 MB to decompress)."""
     from archives import overlay as ov
     from archives.record_files import counts_of
 
+    counts, digest = counts_of(res), ov.overlay_digest_for(res.files)
+    try:
+        key = (reader.overlay_label, file_key(res.overlay),
+               tuple(file_key(f) for f in res.files), tuple(counts), digest)
+    except OSError:  # a missing file: load_overlay / the reader names it
+        key = None
+    if key is not None and key in _OVERLAY_CACHE:
+        return _OVERLAY_CACHE[key]
     overlay = ov.load_overlay(res.overlay)
-    ov.check_matches(overlay, counts_of(res), ov.overlay_digest_for(res.files), res.files)
-    return ov.tensors(overlay, reader.overlay_label)
+    ov.check_matches(overlay, counts, digest, res.files)
+    table = ov.tensors(overlay, reader.overlay_label)
+    if key is not None:
+        _OVERLAY_CACHE.clear()  # one overlay at a time: a full v2 table is tens of MB
+        _OVERLAY_CACHE[key] = table
+    return table
 
 
 def check_writable(folder: str | os.PathLike) -> None:

@@ -131,3 +131,24 @@ def test_write_split_files_publishes_nothing_when_a_split_ends_empty(tmp_path):
         write_split_files(tmp_path, ("train", "val", "test"), (10, 50),
                           **_split_items(splits))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_example_keys_reads_first_record_directly_and_leaves_damage_to_tensorflow(tmp_path):
+    """The first record is read without a tf.data reader; a truncated or garbled file still
+    fails as TensorFlow's reader fails (a data-loss error), never with a wrong key set."""
+    ex = tf.train.Example(features=tf.train.Features(feature={
+        "k1": bytes_feature("x" * 1000), "k2": bytes_feature("y")})).SerializeToString()
+    path = tmp_path / "two.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as w:
+        w.write(ex)
+        w.write(b"second")
+    assert example_keys(path) == {"k1", "k2"}
+    whole = path.read_bytes()
+    cut = tmp_path / "cut.tfrecord"
+    cut.write_bytes(whole[:500])  # the first record's data ends early
+    with pytest.raises(tf.errors.DataLossError):
+        example_keys(cut)
+    garbled = tmp_path / "garbled.tfrecord"
+    garbled.write_bytes(whole[:12] + b"\xff" * (len(whole) - 12))  # header intact, data not
+    with pytest.raises(tf.errors.DataLossError):
+        example_keys(garbled)

@@ -152,3 +152,57 @@ def test_draws_depend_on_the_record_index_alone():
     delta = d["_delta"].numpy()
     assert delta.min() >= -0.2 and delta.max() < 0.2 and delta.min() < -0.19 < 0.19 < delta.max()
     assert set(batch_draws(0, 0, tf.range(5, dtype=tf.int64), 120, 120, None)["_oy"].numpy()) == {0}
+
+
+def test_epochs_reuse_file_forms_and_overlay_until_a_file_changes(tmp_path, monkeypatch):
+    """make_dataset runs once per epoch: the files' forms and the checked overlay are kept for
+    unchanged files, and read again when a file is replaced."""
+    from archives import common, overlay
+    from archives.record_files import overlay_name
+
+    d = tmp_path / "rec"
+    d.mkdir()
+    names = []
+    with tf.io.TFRecordWriter(str(d / "train.tfrecord")) as w:
+        for k in range(6):
+            seg = np.full((256, 256), k, np.int8)
+            label = np.eye(17, dtype=np.float32)[k]
+            names.append(f"r{k}")
+            w.write(dlrsd.encode_example(np.full((256, 256, 3), k, np.uint8), seg, seg, label,
+                                         label, names[-1], "compact"))
+    lut = np.tile(np.arange(17, dtype=np.int8), (6, 1))
+    lut[:, 0] = 5  # class 0 becomes class 5 in the noisy map
+
+    def write_overlay(noisy):
+        overlay.write_overlay(d / overlay_name(50), names=names, labels={"noisy_label": noisy},
+                              map_lut=lut, level=50, seed=0, archive="DLRSD")
+
+    write_overlay(np.eye(17, dtype=np.uint8)[[1, 1, 1, 1, 1, 1]])
+    paths = [str(d / "train.tfrecord"), str(d / overlay_name(50))]
+    reads = {"forms": 0, "overlays": 0}
+    form_of, load = dlrsd.record_form, overlay.load_overlay
+
+    def counting_form(path):
+        reads["forms"] += 1
+        return form_of(path)
+
+    def counting_load(path):
+        reads["overlays"] += 1
+        return load(path)
+
+    monkeypatch.setattr(dlrsd, "record_form", counting_form)
+    monkeypatch.setattr(overlay, "load_overlay", counting_load)
+    monkeypatch.setattr(common, "_FORM_CACHE", {})
+    monkeypatch.setattr(common, "_OVERLAY_CACHE", {})
+
+    def noisy_labels(epoch):
+        b = _batches(paths, epoch=epoch, batch_size=6, cycle=None, shuffle_buffer=6)
+        order = np.argsort([n.decode() for n in b[0]["patch_name"]])
+        return b[0]["noisy_label"][order].argmax(1)
+
+    assert list(noisy_labels(0)) == [1] * 6
+    assert list(noisy_labels(1)) == [1] * 6
+    assert reads == {"forms": 1, "overlays": 1}
+    write_overlay(np.eye(17, dtype=np.uint8)[[2, 3, 4, 5, 6, 7]])  # replaced (a new file)
+    assert list(noisy_labels(2)) == [2, 3, 4, 5, 6, 7]
+    assert reads == {"forms": 1, "overlays": 2}
