@@ -79,6 +79,23 @@ def mean_curves(curves: list[dict], key: str) -> dict[tuple[str, int], tuple[lis
     return out
 
 
+def fitted_unit(study: Study) -> str:
+    """What the memorisation shares count for the study's models: "pairs" ((image, label)
+    pairs of a multi-label head), "pixels" (pixel heads) or both."""
+    from models import registry as models
+
+    tasks = set()
+    for m in study.models:
+        name = study.variants.get(m, {}).get("model_name", m)
+        try:
+            tasks.add(models.get(name).task)
+        except (KeyError, ValueError):
+            continue
+    if tasks == {"PCE"}:
+        return "pixels"
+    return "pairs (pixels for pixel heads)" if "PCE" in tasks else "pairs"
+
+
 def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:
     """``curves_noise<N>.png`` per noise level: validation retrieval (left; dotted: the same
     model at noise 0, where the study has it) and memorisation
@@ -93,7 +110,7 @@ def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:
     corrupted = mean_curves(curves, "corrupted_fitted")
     clean = mean_curves(curves, "clean_fitted")
     prior = mean_curves(curves, "corrupted_fitted_prior")
-    paths = []
+    paths, unit = [], fitted_unit(study)
     for noise in study.noise_levels:
         if not any(k[1] == noise for k in (*val, *corrupted, *clean)):
             continue
@@ -119,12 +136,12 @@ def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:
         if shown:  # at least CURVE_MIN_SPAN high: epoch-to-epoch wobble must not fill it
             ax_v.set_ylim(*zoomed_ylim(shown, shown, CURVE_MIN_SPAN))
         ax_v.set_ylabel(f"validation {metric} (mean over seeds)")
-        ax_m.set_ylabel("share of training pairs fitted")
+        ax_m.set_ylabel(f"share of training {unit} fitted")
         ax_m.set_ylim(-0.02, 1.02)
         caption_figure(fig, f"Per epoch at {noise} % noise (lines: mean over seeds)", study)
         for ax, title in ((ax_v, "validation queries against the training archive "
                                  f"(axis spans >= {CURVE_MIN_SPAN:.2f})"),
-                          (ax_m, "training pairs fitted: corrupted (solid), clean (dashed)")):
+                          (ax_m, f"training {unit} fitted: corrupted (solid), clean (dashed)")):
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)

@@ -156,3 +156,13 @@ def test_plot_writes_both_files(tmp_path):
     paths = report.plot(_summary(), "NDCG@20", tmp_path, _study())
     assert [p.name for p in paths] == ["NDCG_at_20_vs_noise.png", "selection_vs_noise.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_curves_name_what_the_memorisation_shares_count():
+    """Pixel heads count pixels, multi-label heads (image, label) pairs; a variant counts as
+    the model it trains."""
+    assert report.fitted_unit(_study(models=("BCE", "GRID-BCE"))) == "pairs"
+    assert report.fitted_unit(_study(models=("PCE", "GRID-PCE-klpub"),
+                                     variants={"GRID-PCE-klpub": {"model_name": "GRID-PCE"}})) \
+        == "pixels"
+    assert report.fitted_unit(_study(models=("BCE", "PCE"))) == "pairs (pixels for pixel heads)"
