@@ -79,21 +79,24 @@ def mean_curves(curves: list[dict], key: str) -> dict[tuple[str, int], tuple[lis
     return out
 
 
+FITTED_UNITS = {"BCE": "pairs", "PCE": "pixels", "RRL": "relation entries"}  # by head
+
+
 def fitted_unit(study: Study) -> str:
-    """What the memorisation shares count for the study's models: "pairs" ((image, label)
-    pairs of a multi-label head), "pixels" (pixel heads) or both."""
+    """What the memorisation shares count for the study's models: (image, label) "pairs" of a
+    multi-label head, "pixels" of a pixel head, "relation entries" of a relation head; several
+    joined by " / "."""
     from models import registry as models
 
-    tasks = set()
+    units = []
     for m in study.models:
-        name = study.variants.get(m, {}).get("model_name", m)
         try:
-            tasks.add(models.get(name).task)
-        except (KeyError, ValueError):
+            task = models.get(study.variants.get(m, {}).get("model_name", m)).task
+        except ValueError:
             continue
-    if tasks == {"PCE"}:
-        return "pixels"
-    return "pairs (pixels for pixel heads)" if "PCE" in tasks else "pairs"
+        if task in FITTED_UNITS and FITTED_UNITS[task] not in units:
+            units.append(FITTED_UNITS[task])
+    return " / ".join(units) or "pairs"
 
 
 def plot_curves(curves: list[dict], out_dir: Path, study: Study) -> list[Path]:

@@ -159,10 +159,11 @@ def test_plot_writes_both_files(tmp_path):
 
 
 def test_curves_name_what_the_memorisation_shares_count():
-    """Pixel heads count pixels, multi-label heads (image, label) pairs; a variant counts as
-    the model it trains."""
+    """Pixel heads count pixels, multi-label heads (image, label) pairs, relation heads their
+    entries; a variant counts as the model it trains."""
     assert report.fitted_unit(_study(models=("BCE", "GRID-BCE"))) == "pairs"
     assert report.fitted_unit(_study(models=("PCE", "GRID-PCE-klpub"),
                                      variants={"GRID-PCE-klpub": {"model_name": "GRID-PCE"}})) \
         == "pixels"
-    assert report.fitted_unit(_study(models=("BCE", "PCE"))) == "pairs (pixels for pixel heads)"
+    assert report.fitted_unit(_study(models=("BCE", "PCE"))) == "pairs / pixels"
+    assert report.fitted_unit(_study(models=("RRL", "GRID-RRL"))) == "relation entries"
