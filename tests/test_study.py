@@ -413,3 +413,25 @@ def test_one_seed_spread_is_na_in_every_output(tmp_path, base_config):
         by_noise = {r["noise_prcnt"]: r for r in csv.DictReader(fh)}
     assert by_noise["50"]["NDCG@20_sd"] == "" and by_noise["50"]["NDCG@20_mean"] == "0.4"
     assert float(by_noise["0"]["NDCG@20_sd"]) == pytest.approx(math.sqrt(0.02))
+
+
+@pytest.mark.parametrize("path", sorted(
+    str(p.relative_to(Path(__file__).resolve().parents[1]))
+    for pattern in ("studies/*.json", "configs/study_*.json")
+    for p in Path(__file__).resolve().parents[1].glob(pattern)))
+def test_shipped_study_files_load_and_name_registered_models(path, monkeypatch):
+    """Every study file in the repository loads, and each of its cells trains a registered model
+    on the archive of its base config."""
+    from models import registry as models
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    s = load_study(path)
+    assert s.models and s.noise_levels and s.seeds
+    for m in s.models:
+        info = models.get(s.variants.get(m, {}).get("model_name", m))
+        assert info.name
+        if info.pixel_maps:
+            assert s.base["dataset"] in ("DLRSD", "BENv2"), (path, m)
+    for cell in s.cells:  # every cell's train config passes Config's checks
+        assert s.cell_config(cell).model_name == s.variants.get(cell.model, {}).get(
+            "model_name", cell.model)
