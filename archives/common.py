@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from archives.prep_cli import lock_output_folder
+from archives.record_files import first_record
 from atomic_files import WriteError, atomic_path, remove_stale_temps
 
 
@@ -52,7 +53,7 @@ def example_keys(path: str | os.PathLike) -> set[str]:
     """
     if not Path(path).is_file():
         raise ValueError(f"{path}: TFRecord file does not exist")
-    raw = _first_record(path)
+    raw = first_record(path)
     if raw is not None:
         try:
             return set(tf.train.Example.FromString(raw).features.feature.keys())
@@ -61,24 +62,6 @@ def example_keys(path: str | os.PathLike) -> set[str]:
     for raw in tf.data.TFRecordDataset(str(path)).take(1):  # TensorFlow's reader names the fault
         return set(tf.train.Example.FromString(raw.numpy()).features.feature.keys())
     raise ValueError(f"{path}: TFRecord file holds no record")
-
-
-def _first_record(path) -> bytes | None:
-    """The first record of an uncompressed TFRecord file read directly (a tf.data reader costs
-    about 0.1 CPU-s to set up, per file and epoch), or None when the file holds no whole first
-    record (empty, compressed, truncated: left to TensorFlow's reader)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)  # length (uint64 LE) and its CRC
-            if len(head) < 12:
-                return None
-            n = int.from_bytes(head[:8], "little")
-            if n > os.path.getsize(path) - 16:
-                return None
-            data = f.read(n)
-    except OSError:
-        return None
-    return data if len(data) == n else None
 
 
 class _NamedWriter:

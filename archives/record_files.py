@@ -177,6 +177,24 @@ def _meta_file_count(path: str) -> int | None:
 _HEADER = 8 + 4  # a TFRecord: length (uint64 LE), its CRC, the data, the data's CRC (4 bytes)
 
 
+def first_record(path) -> bytes | None:
+    """The data of an uncompressed TFRecord file's first record, read directly (no tf.data
+    reader, whose set-up costs about 0.1 CPU-s per file), CRCs not checked; None when the file
+    holds no whole first record (empty, compressed, truncated) or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER)
+            if len(head) < _HEADER:
+                return None
+            n = int.from_bytes(head[:8], "little")
+            if _HEADER + n + 4 > os.fstat(f.fileno()).st_size:
+                return None
+            data = f.read(n)
+    except OSError:
+        return None
+    return data if len(data) == n else None
+
+
 def _walk_count(path: str) -> int | None:
     """Records in an uncompressed TFRecord file, from their length headers alone (one small
     read per record, no data read); None when the headers do not end exactly at the file's end
